@@ -1,0 +1,47 @@
+# tolclip: `make train` and `make test` do everything on a fresh clone (they install first).
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help install train test test-fast lint format sweep-text-types bench bench-train clean
+
+help: ## list the targets
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -e ".[test]"
+	@touch $(STAMP)
+
+install: $(STAMP) ## create .venv and install tolclip with test extras
+
+train: $(STAMP) ## generate the synthetic tree of life, train the tiny CLIP, print zero-shot results (ARGS= for Hydra overrides)
+	$(PY) -m tolclip.train $(ARGS)
+
+test: $(STAMP) ## run the test suite
+	$(PY) -m pytest -q $(ARGS)
+
+test-fast: $(STAMP) ## tests not marked slow
+	$(PY) -m pytest -q -m "not slow" $(ARGS)
+
+lint: $(STAMP) ## ruff
+	$(VENV)/bin/ruff check src tests scripts
+
+format: $(STAMP) ## ruff format + import sort
+	$(VENV)/bin/ruff check --fix --select I src tests scripts
+	$(VENV)/bin/ruff format src tests scripts
+
+sweep-text-types: $(STAMP) ## text-type ablation: train on each text type (Hydra multirun), print the table
+	$(PY) -m tolclip.train -m 'experiment=glob(text_*)' logger=csv hydra.sweep.dir=logs/sweep-text-types $(ARGS)
+	$(PY) -m tolclip.report logs/sweep-text-types
+
+bench: bench-train ## all benchmarks
+
+bench-train: $(STAMP) ## training samples/s: tolclip vs open_clip at identical sizes
+	$(PY) scripts/bench_train.py $(ARGS)
+
+clean: ## remove generated data and logs (keeps .venv)
+	rm -rf data logs/train logs/sweep-text-types outputs multirun

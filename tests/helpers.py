@@ -1,0 +1,68 @@
+"""Helpers for tests: small shards written through the real writer, planted bad members."""
+
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from tolclip.shards import Sample, encode_jpeg
+from tolclip.taxonomy import Taxon
+
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+TAXA = [
+    Taxon.clean(kingdom="Animalia", phylum="Chordata", **{"class": "Aves"}, order="Passeriformes",
+                family="Corvidae", genus="Corvus", species="corax", common="common raven"),
+    Taxon.clean(kingdom="Animalia", phylum="Chordata", **{"class": "Aves"}, order="Passeriformes",
+                family="Corvidae", genus="Pica", species="pica"),
+    Taxon.clean(kingdom="Plantae", phylum="Tracheophyta", **{"class": "Magnoliopsida"}, order="Rosales",
+                family="Rosaceae", genus="Rosa", species="canina", common="dog rose"),
+    Taxon.clean(kingdom="Fungi", phylum="Basidiomycota", **{"class": "Agaricomycetes"}, order="Agaricales",
+                family="Amanitaceae", genus="Amanita", species="muscaria", common="fly agaric"),
+]
+
+
+def colour_image(i: int, size: int = 32) -> Image.Image:
+    rng = np.random.default_rng(i)
+    base = np.array([(i * 67) % 256, (i * 131) % 256, (i * 29) % 256], dtype=np.uint8)
+    arr = np.clip(base + rng.integers(-20, 20, (size, size, 3)), 0, 255).astype(np.uint8)
+    return Image.fromarray(arr)
+
+
+def make_samples(n: int, prefix: str = "s") -> list[Sample]:
+    return [
+        Sample(key=f"{prefix}{i:05d}", image=encode_jpeg(colour_image(i)), taxon=TAXA[i % len(TAXA)],
+               source="test", source_id=str(i))
+        for i in range(n)
+    ]
+
+
+def add_raw_member(tar_path: Path, name: str, data: bytes) -> None:
+    """Append a member to an existing shard (to plant broken samples)."""
+    with tarfile.open(tar_path, "a") as tar:
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+
+
+class StopAfterSteps:
+    """A Lightning callback that ends fit after N optimiser steps, like a killed job."""
+
+    def __new__(cls, steps: int):
+        from lightning.pytorch.callbacks import Callback
+
+        class _Stop(Callback):
+            def on_train_batch_end(self, trainer, *args) -> None:
+                if trainer.global_step >= steps:
+                    trainer.should_stop = True
+
+        return _Stop()

@@ -1,0 +1,143 @@
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from tolclip.datamodule import ShardDataModule, expand_shards
+from tolclip.shards import encode_jpeg, iter_records, shard_spec, write_shards
+from tolclip.taxonomy import Taxon
+from tolclip.tokenizer import get_tokenizer
+
+from helpers import TAXA, add_raw_member, colour_image, make_samples
+
+
+def test_writer_format_matches_tol10m_names(tmp_path):
+    paths = write_shards(make_samples(25), tmp_path, max_count=10)
+    assert [p.name for p in paths] == ["shard-000000.tar", "shard-000001.tar", "shard-000002.tar"]
+    assert expand_shards(shard_spec(paths)) == [str(p) for p in paths]
+    rec = next(iter_records(str(paths[0])))
+    assert {"jpg", "taxon.json", "com.txt", "sci.txt", "taxon.txt", "sci_com.txt", "taxon_com.txt",
+            "scientific_name.txt", "taxonomic_name.txt", "common_name.txt"} <= set(rec)
+    meta = json.loads(rec["taxon.json"])
+    assert meta["class"] == "Aves" and meta["source"] == "test"
+    assert rec["sci.txt"] == b"a photo of Corvus corax."
+
+
+def test_expand_shards_glob_brace_list_and_missing(small_shards):
+    globbed = expand_shards(str(small_shards / "train" / "shard-*.tar"))
+    assert len(globbed) == 4
+    assert expand_shards(str(small_shards / "train" / "shard-{000000..000003}.tar")) == globbed
+    assert expand_shards(globbed[:2]) == globbed[:2]
+    assert expand_shards("pipe:cat x.tar") == ["pipe:cat x.tar"]
+    with pytest.raises(FileNotFoundError, match="not found"):
+        expand_shards(str(small_shards / "train" / "shard-{000000..000009}.tar"))
+    with pytest.raises(FileNotFoundError, match="no shards"):
+        expand_shards(str(small_shards / "nowhere" / "*.tar"))
+
+
+def _dm(root: Path, **kw) -> ShardDataModule:
+    args = dict(train_shards=str(root / "train" / "shard-*.tar"), eval_sets={"val": str(root / "val" / "*.tar")},
+                text_type="sci", image_size=32, batch_size=4, num_workers=0, shuffle_buffer=8,
+                resampled=False, epoch_samples=None)
+    args.update(kw)
+    return ShardDataModule(**args)
+
+
+def test_train_batches_tokenized_in_stream(small_shards):
+    batches = list(_dm(small_shards).train_dataloader())
+    assert len(batches) == 10  # 40 samples, batch 4, nothing dropped
+    b = batches[0]
+    assert b["image"].shape == (4, 3, 32, 32) and b["text"].shape == (4, 77)
+    keys = [k for b in batches for k in b["key"]]
+    assert len(set(keys)) == 40
+    tok = get_tokenizer()
+    by_key = {f"s{i:05d}": TAXA[i % 4] for i in range(40)}
+    assert torch.equal(b["text"][0], tok(f"a photo of {by_key[b['key'][0]].scientific_name}.")[0])
+    assert _dm(small_shards).skipped_samples == 0
+
+
+def test_mixed_carries_all_five_types(small_shards):
+    b = next(iter(_dm(small_shards, text_type="mixed").train_dataloader()))
+    assert b["text"].shape == (4, 5, 77)
+    assert len({tuple(t.tolist()) for t in b["text"][0]}) >= 3  # the five captions differ
+
+
+def test_resampled_epoch_length_and_workers(small_shards):
+    dm = _dm(small_shards, resampled=True, epoch_samples=64, num_workers=2)
+    loader = dm.train_dataloader()
+    assert len(loader) == 16
+    batches = list(loader)
+    assert len(batches) == 16 and all(b["image"].shape[0] == 4 for b in batches)
+
+
+def test_shards_split_across_workers_without_duplicates(small_shards):
+    keys = [k for b in _dm(small_shards, num_workers=2).train_dataloader() for k in b["key"]]
+    assert sorted(keys) == sorted(f"s{i:05d}" for i in range(40))
+
+
+def test_eval_loader_yields_taxa(small_shards):
+    batches = list(_dm(small_shards).eval_dataloader("val"))
+    taxa = [t for b in batches for t in b["taxon"]]
+    assert len(taxa) == 12 and all(isinstance(t, Taxon) for t in taxa)
+    with pytest.raises(KeyError, match="no eval set"):
+        _dm(small_shards).eval_dataloader("test")
+
+
+def test_corrupt_samples_are_skipped_and_counted(tmp_path):
+    paths = write_shards(make_samples(10), tmp_path / "train", max_count=100)
+    good = encode_jpeg(colour_image(99))
+    # A truncated JPEG with valid captions, and a sample with an image but no captions or taxon.
+    add_raw_member(paths[0], "bad00001.jpg", good[: len(good) // 3])
+    add_raw_member(paths[0], "bad00001.sci.txt", b"a photo of Corvus corax.")
+    add_raw_member(paths[0], "bad00002.jpg", good)
+    # A sample missing only its caption file is rebuilt from taxon.json, not dropped.
+    add_raw_member(paths[0], "ok00003.jpg", good)
+    add_raw_member(paths[0], "ok00003.taxon.json", json.dumps(TAXA[2].to_dict()).encode())
+    dm = ShardDataModule(train_shards=str(paths[0]), text_type="sci", image_size=32, batch_size=1,
+                         num_workers=0, shuffle_buffer=0, resampled=False)
+    batches = list(dm.train_dataloader())
+    keys = [b["key"][0] for b in batches]
+    assert len(keys) == 11 and "ok00003" in keys and "bad00001" not in keys
+    assert dm.skipped_samples == 2
+
+
+def test_truncated_shard_is_skipped_not_fatal(tmp_path):
+    paths = write_shards(make_samples(20), tmp_path / "train", max_count=10)
+    data = paths[1].read_bytes()
+    paths[1].write_bytes(data[: len(data) // 2])  # cut the second shard mid-member
+    dm = ShardDataModule(train_shards=[str(p) for p in paths], text_type="com", image_size=32,
+                         batch_size=1, num_workers=0, shuffle_buffer=0, resampled=False)
+    batches = list(dm.train_dataloader())
+    assert 10 <= len(batches) < 20
+    assert dm.skipped_samples >= 1
+
+
+def test_skips_counted_across_worker_processes(tmp_path):
+    paths = write_shards(make_samples(8), tmp_path / "train", max_count=4)
+    good = encode_jpeg(colour_image(99))
+    for p in paths:
+        add_raw_member(p, f"bad{p.stem[-1]}.jpg", good[:100])
+        add_raw_member(p, f"bad{p.stem[-1]}.sci.txt", b"x")
+    dm = ShardDataModule(train_shards=[str(p) for p in paths], text_type="sci", image_size=32,
+                         batch_size=2, num_workers=2, shuffle_buffer=0, resampled=False)
+    assert sum(b["image"].shape[0] for b in dm.train_dataloader()) == 8
+    assert dm.skipped_samples == 2
+
+
+def test_bad_config_is_a_clear_error(small_shards):
+    with pytest.raises(ValueError, match="unknown text type"):
+        _dm(small_shards, text_type="latin")
+    with pytest.raises(ValueError, match="epoch_samples"):
+        _dm(small_shards, resampled=True, epoch_samples=None)
+
+
+def test_epochs_differ_but_replay_identically(small_shards):
+    def keys(epoch):
+        dm = _dm(small_shards, resampled=True, epoch_samples=16, num_workers=1)
+        loader = dm.train_dataloader()
+        dm.set_epoch(epoch)
+        return [(k, float(b["image"][i].sum())) for b in loader for i, k in enumerate(b["key"])]
+
+    assert keys(0) == keys(0)  # same epoch: same samples and same augmentations
+    assert keys(0) != keys(1)

@@ -1,0 +1,97 @@
+"""Hydra configs run end to end: train, evaluate, resume."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import open_dict
+
+from tolclip.train import CONFIG_DIR, train
+
+# A model small enough that a few steps take about a second.
+MICRO = [
+    "model.net.embed_dim=32",
+    "model.net.vision.width=32", "model.net.vision.layers=1", "model.net.vision.heads=1",
+    "model.net.vision.image_size=32",
+    "model.net.text.width=32", "model.net.text.layers=1", "model.net.text.heads=1",
+    "model.scheduler.warmup_steps=2",
+]
+
+
+def make_cfg(tmp_path: Path, overrides: list[str]):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(config_name="train", return_hydra_config=True, overrides=overrides)
+    with open_dict(cfg):
+        cfg.paths.root_dir = str(tmp_path)
+        cfg.paths.output_dir = str(tmp_path / "run")
+        cfg.hydra.runtime.output_dir = str(tmp_path / "run")
+    HydraConfig().set_config(cfg)
+    return cfg
+
+
+def shard_overrides(root: Path) -> list[str]:
+    return [
+        "data=shards",
+        f"data.train_shards={root}/train/shard-*.tar",
+        f"+data.eval_sets.val={root}/val/shard-*.tar",
+        "data.epoch_samples=16", "data.batch_size=8", "data.num_workers=0", "data.shuffle_buffer=8",
+        "logger=csv", "callbacks.zero_shot.templates=single", "~callbacks.progress_bar",
+        *MICRO,
+    ]
+
+
+@pytest.mark.parametrize("text_type", ["mixed", "taxon_com"])
+def test_train_on_shards_evaluates_and_logs(small_shards, tmp_path, text_type):
+    cfg = make_cfg(tmp_path, [*shard_overrides(small_shards), "trainer.max_epochs=2", f"data.text_type={text_type}"])
+    out = train(cfg)
+    assert out["trainer"].global_step == 4
+    assert torch.isfinite(torch.tensor(out["metrics"]["train/loss"]))
+    ranks = {r.rank for r in out["zero_shot"] if r.eval_set == "val"}
+    assert ranks == {"kingdom", "phylum", "class", "order", "family", "genus", "species"}
+    csv_text = (tmp_path / "run" / "zero_shot.csv").read_text()
+    assert csv_text.startswith("train_text_type,text_type,eval_set,rank") and f"{text_type},taxon,val" in csv_text
+    assert (tmp_path / "run" / "checkpoints" / "last.ckpt").exists()
+    assert list((tmp_path / "run" / "csv").rglob("metrics.csv"))
+
+
+def _opt_state(trainer):
+    state = trainer.optimizers[0].state_dict()["state"]
+    return {k: {n: v.clone() for n, v in s.items() if torch.is_tensor(v)} for k, s in state.items()}
+
+
+def test_resume_continues_with_same_step_and_optimizer_state(small_shards, tmp_path):
+    common = [*shard_overrides(small_shards), "callbacks.model_checkpoint.every_n_train_steps=null",
+              "+callbacks.model_checkpoint.every_n_epochs=1", "data.num_workers=1"]
+    full = train(make_cfg(tmp_path / "full", [*common, "trainer.max_epochs=3"]))
+    # Same config, stopped after the first epoch as if the job had been killed there.
+    first = train(make_cfg(tmp_path / "part", [*common, "trainer.max_epochs=3",
+                                               "+callbacks.stop._target_=helpers.StopAfterSteps",
+                                               "+callbacks.stop.steps=2"]))
+    assert first["trainer"].global_step == 2
+    ckpt = tmp_path / "part" / "run" / "checkpoints" / "last.ckpt"
+    saved = torch.load(ckpt, map_location="cpu", weights_only=False)
+    assert saved["global_step"] == 2
+
+    resumed = train(make_cfg(tmp_path / "resume", [*common, "trainer.max_epochs=3", f"ckpt_path={ckpt}"]))
+    assert resumed["trainer"].global_step == full["trainer"].global_step == 6
+    # Same data, augmentation and text-type draws per epoch: the resumed run ends where the
+    # uninterrupted one does, optimizer moments and scheduler included.
+    a, b = _opt_state(full["trainer"]), _opt_state(resumed["trainer"])
+    assert a.keys() == b.keys()
+    for k in a:
+        for n in a[k]:
+            torch.testing.assert_close(a[k][n], b[k][n], rtol=1e-5, atol=1e-7)
+    assert full["trainer"].lr_scheduler_configs[0].scheduler.last_epoch == 6
+    assert resumed["trainer"].lr_scheduler_configs[0].scheduler.last_epoch == 6
+    for (n, p), (_, q) in zip(full["model"].net.named_parameters(), resumed["model"].net.named_parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=n)
+
+
+def test_missing_checkpoint_is_a_clear_error(small_shards, tmp_path):
+    cfg = make_cfg(tmp_path, [*shard_overrides(small_shards), "ckpt_path=/nonexistent/last.ckpt"])
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        train(cfg)
