@@ -22,7 +22,9 @@ import open_clip
 import torch
 from torch import nn
 
-from tolclip.towers import CLIP, MODEL_CONFIGS, open_clip_kwargs
+from tolclip.openclip_convert import open_clip_kwargs
+from tolclip.towers import CLIP
+from tolclip.train import net_config
 
 try:
     from tolclip.loss import ClipLoss
@@ -95,7 +97,7 @@ def timed(step: Callable[[], float], steps: int, device: torch.device) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="tiny", choices=sorted(MODEL_CONFIGS))
+    ap.add_argument("--model", default="tiny", help="a configs/model/*.yaml name")
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--steps", type=int, default=5, help="steps per timed round")
     ap.add_argument("--rounds", type=int, default=7, help="interleaved rounds per side")
@@ -107,7 +109,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    cfg = MODEL_CONFIGS[args.model]
+    cfg = net_config(args.model)
     torch.manual_seed(0)
     ours = CLIP(**cfg).to(device)
     theirs = open_clip.model.CLIP(**open_clip_kwargs(cfg)).to(device)

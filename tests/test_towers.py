@@ -12,12 +12,17 @@ from omegaconf import OmegaConf
 from timm.layers.activations import QuickGELU
 from transformers.activations import QuickGELUActivation
 
-from tolclip.openclip_convert import open_clip_state_dict_to_ours, ours_state_dict_to_open_clip
-from tolclip.towers import CLIP, MODEL_CONFIGS, TINY, VIT_B16, ImageTower, TextTower, open_clip_kwargs
+from tolclip.openclip_convert import (
+    open_clip_kwargs,
+    open_clip_state_dict_to_ours,
+    ours_state_dict_to_open_clip,
+)
+from tolclip.towers import CLIP, ImageTower, TextTower
+from tolclip.train import net_config
 
 SOT, EOT = 49406, 49407
 
-# Smaller than TINY so every test is quick; same structure (2 heads per tower, 64 px -> 32 px images).
+# Smaller than the tiny config so every test is quick; same structure (2 heads per tower, 64 px -> 32 px images).
 MICRO = {
     "embed_dim": 32,
     "vision": {"image_size": 32, "patch_size": 8, "width": 64, "layers": 2, "heads": 2},
@@ -220,7 +225,7 @@ def _n_params(m: torch.nn.Module) -> int:
 
 @pytest.mark.parametrize("name", ["tiny", "vit_b16"])
 def test_parameter_count_equals_open_clip(name: str) -> None:
-    cfg = MODEL_CONFIGS[name]
+    cfg = net_config(name)
     # meta device: shapes only, no memory or init cost (vit_b16 would otherwise take seconds)
     with torch.device("meta"):
         ours = CLIP(**cfg)
@@ -260,9 +265,10 @@ def test_open_clip_weights_give_identical_embeddings(act: str) -> None:
 
 
 def test_reference_configs() -> None:
-    assert VIT_B16["embed_dim"] == 512 and VIT_B16["vision"]["act"] == VIT_B16["text"]["act"] == "quick_gelu"
-    assert TINY["vision"]["image_size"] == 64 and TINY["text"]["context_length"] == 77
-    kw = open_clip_kwargs(TINY)
+    vit_b16, tiny = net_config("vit_b16"), net_config("tiny")
+    assert vit_b16["embed_dim"] == 512 and vit_b16["vision"]["act"] == vit_b16["text"]["act"] == "quick_gelu"
+    assert tiny["text"]["context_length"] == 77
+    kw = open_clip_kwargs(tiny)
     assert kw["vision_cfg"]["head_width"] == 64 and kw["quick_gelu"] is False
     t = TextTower(16, context_length=8, width=32, layers=1, heads=2)
     assert t.eot_token_id == EOT and t(make_tokens([2, 3], context=8)).shape == (2, 16)

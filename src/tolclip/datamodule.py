@@ -76,6 +76,20 @@ class _BadSample(Exception):
     pass
 
 
+def has_tar_end(path: str) -> bool:
+    """Whether a local tar ends with its end-of-archive marker (two zero blocks).
+
+    Python's tarfile reads a tar cut at a member boundary as if it ended there, so without this
+    check the samples after the cut would vanish without a trace.
+    """
+    with open(path, "rb") as fh:
+        fh.seek(0, os.SEEK_END)
+        if fh.tell() < 1024:
+            return False
+        fh.seek(-1024, os.SEEK_END)
+        return not any(fh.read(1024))
+
+
 def train_transform(image_size: int, scale: tuple[float, float] = (0.9, 1.0)) -> Callable:
     return T.Compose(
         [
@@ -176,6 +190,12 @@ class ShardStream(IterableDataset):
             random.Random(cfg.seed + self.epoch).shuffle(urls)
         yield from urls[rank * workers + worker :: world * workers]
 
+    def _checked_shards(self) -> Iterator[dict]:
+        for url in self._shard_urls():
+            if os.path.isfile(url) and not has_tar_end(url):
+                self._skip(f"{url} is truncated (no end-of-archive marker): its tail is lost, the rest is read")
+            yield {"url": url}
+
     def _stream_seed(self) -> int:
         rank, _, worker, _ = _worker_info()
         return hash((self.cfg.seed, self.epoch, rank if self.cfg.split_by_rank else 0, worker)) & 0x7FFFFFFF
@@ -190,8 +210,7 @@ class ShardStream(IterableDataset):
             torch.manual_seed(seed)
             random.seed(seed)
         tokenizer = get_tokenizer(cfg.context_length) if cfg.text_types else None
-        shards = ({"url": u} for u in self._shard_urls())
-        stream = wds.tarfile_to_samples(handler=self._skip)(shards)
+        stream = wds.tarfile_to_samples(handler=self._skip)(self._checked_shards())
         if cfg.shuffle_buffer:
             stream = wds.shuffle(cfg.shuffle_buffer, initial=min(cfg.shuffle_buffer, 100), rng=random.Random(seed))(stream)
         for sample in stream:

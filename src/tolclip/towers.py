@@ -28,34 +28,14 @@ from transformers import CLIPTextConfig, CLIPTextModel
 __all__ = [
     "ACTIVATIONS",
     "CLIP",
-    "MODEL_CONFIGS",
-    "TINY",
-    "VIT_B16",
     "ImageTower",
     "TextTower",
-    "create_model",
-    "open_clip_kwargs",
 ]
 
 #: Supported activations; the same names are understood by timm and by transformers' ``ACT2FN``.
 ACTIVATIONS = ("gelu", "quick_gelu")
 
-#: Reference sizes (Hydra model configs hold the same numbers).
-#: BioCLIP / OpenAI ViT-B/16: OpenAI-initialised, hence QuickGELU.
-VIT_B16: dict[str, Any] = {
-    "embed_dim": 512,
-    "vision": {"image_size": 224, "patch_size": 16, "width": 768, "layers": 12, "heads": 12, "act": "quick_gelu"},
-    "text": {"context_length": 77, "vocab_size": 49408, "width": 512, "layers": 12, "heads": 8, "act": "quick_gelu"},
-}
-#: Tiny model for 2-core CPU training on 64 px synthetic images in minutes. Head width 64 in both towers
-#: (as in ViT-B/16), 64 patches + class token; context stays 77 so the standard CLIP tokenizer can be used
-#: unchanged. Plain GELU: a single fused kernel, cheaper on CPU than QuickGELU's sigmoid+mul.
-TINY: dict[str, Any] = {
-    "embed_dim": 128,
-    "vision": {"image_size": 64, "patch_size": 8, "width": 192, "layers": 4, "heads": 3, "act": "gelu"},
-    "text": {"context_length": 77, "vocab_size": 49408, "width": 128, "layers": 4, "heads": 2, "act": "gelu"},
-}
-MODEL_CONFIGS: dict[str, dict[str, Any]] = {"vit_b16": VIT_B16, "tiny": TINY}
+# Model sizes live in configs/model/*.yaml (tolclip.train.net_config reads them).
 
 
 def _check_act(act: str) -> str:
@@ -352,42 +332,3 @@ class CLIP(nn.Module):
             {"params": decay, "weight_decay": weight_decay},
             {"params": no_decay, "weight_decay": 0.0},
         ]
-
-
-def create_model(name: str = "tiny", **overrides: Any) -> CLIP:
-    """Build a reference-size model by name (``tiny`` / ``vit_b16``); ``overrides`` replace top-level keys."""
-    cfg = {**MODEL_CONFIGS[name], **overrides}
-    return CLIP(**cfg)
-
-
-def open_clip_kwargs(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """Arguments for ``open_clip.model.CLIP(**kwargs)`` describing the same architecture as ``CLIP(**cfg)``.
-
-    Needs the same activation in both towers (open_clip has a single ``quick_gelu`` flag).
-    """
-    v, t = dict(cfg["vision"]), dict(cfg["text"])
-    acts = {v.get("act", "gelu"), t.get("act", "gelu")}
-    if len(acts) != 1:
-        raise ValueError("open_clip needs the same activation in both towers")
-    if v["width"] % v["heads"]:
-        raise ValueError("vision width must be divisible by heads")
-    return {
-        "embed_dim": cfg["embed_dim"],
-        "vision_cfg": {
-            "image_size": v["image_size"],
-            "patch_size": v["patch_size"],
-            "width": v["width"],
-            "layers": v["layers"],
-            "head_width": v["width"] // v["heads"],
-            "mlp_ratio": v.get("mlp_ratio", 4.0),
-        },
-        "text_cfg": {
-            "context_length": t.get("context_length", 77),
-            "vocab_size": t.get("vocab_size", 49408),
-            "width": t.get("width", 512),
-            "heads": t.get("heads", 8),
-            "layers": t.get("layers", 12),
-            "mlp_ratio": t.get("mlp_ratio", 4.0),
-        },
-        "quick_gelu": acts == {"quick_gelu"},
-    }

@@ -21,6 +21,17 @@ log = logging.getLogger(__name__)
 CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "configs")
 
 
+def net_config(name: str) -> dict[str, Any]:
+    """The `net` arguments of `configs/model/<name>.yaml` (for tools that build a bare CLIP)."""
+    path = Path(CONFIG_DIR) / "model" / f"{name}.yaml"
+    if not path.exists():
+        known = sorted(p.stem for p in path.parent.glob("*.yaml"))
+        raise FileNotFoundError(f"no model config {name!r}; known: {known}")
+    net = OmegaConf.to_container(OmegaConf.load(path).net, resolve=True)
+    net.pop("_target_", None)
+    return net
+
+
 def prepare_synthetic(generate: dict[str, Any]) -> None:
     """Build the synthetic shards once; a file lock keeps parallel DDP ranks from racing."""
     from tolclip.synthetic import build_synthetic_dataset
