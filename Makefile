@@ -40,8 +40,9 @@ sweep-text-types: $(STAMP) ## text-type ablation: train on each text type (Hydra
 
 bench: bench-train ## all benchmarks
 
-bench-train: $(STAMP) ## training samples/s: tolclip vs open_clip at identical sizes
+bench-train: $(STAMP) ## training samples/s: tolclip vs open_clip at identical sizes (caption-length and full-context tokens)
 	$(PY) scripts/bench_train.py $(ARGS)
+	$(PY) scripts/bench_train.py --min-words 75 --max-words 75 $(ARGS)
 
 clean: ## remove generated data and logs (keeps .venv)
 	rm -rf data logs/train logs/sweep-text-types outputs multirun

@@ -141,3 +141,24 @@ def test_epochs_differ_but_replay_identically(small_shards):
 
     assert keys(0) == keys(0)  # same epoch: same samples and same augmentations
     assert keys(0) != keys(1)
+
+
+def test_shards_split_across_ranks_and_workers(small_shards, monkeypatch):
+    import tolclip.datamodule as dmod
+
+    dm = _dm(small_shards)
+    stream = dm.train_stream()
+    seen = []
+    for rank in range(2):
+        for worker in range(2):
+            monkeypatch.setattr(dmod, "_worker_info", lambda r=rank, w=worker: (r, 2, w, 2))
+            seen.append(list(stream._shard_urls()))
+    assert all(len(s) == 1 for s in seen)  # 4 shards over 2 ranks x 2 workers
+    assert sorted(u for s in seen for u in s) == sorted(stream.cfg.urls)
+
+
+def test_pipe_urls_stream(small_shards):
+    first = sorted((small_shards / "train").glob("*.tar"))[0]
+    dm = _dm(small_shards, train_shards=f"pipe:cat {first}")
+    keys = [k for b in dm.train_dataloader() for k in b["key"]]
+    assert len(keys) == 8  # 10 samples in the shard; training drops the last partial batch

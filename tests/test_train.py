@@ -58,6 +58,20 @@ def test_train_on_shards_evaluates_and_logs(small_shards, tmp_path, text_type):
     assert list((tmp_path / "run" / "csv").rglob("metrics.csv"))
 
 
+def test_precision_clipping_accumulation_checkpointing_and_step_eval(small_shards, tmp_path):
+    cfg = make_cfg(tmp_path, [*shard_overrides(small_shards), "trainer.max_epochs=2",
+                              "trainer.precision=bf16-mixed", "trainer.gradient_clip_val=1.0",
+                              "trainer.accumulate_grad_batches=2", "model.grad_checkpointing=true",
+                              "callbacks.zero_shot.every_n_steps=1", "trainer.log_every_n_steps=1"])
+    out = train(cfg)
+    assert out["trainer"].global_step == 2  # 4 batches, 2 per optimiser step
+    assert out["model"].net.text.transformer.is_gradient_checkpointing
+    assert torch.isfinite(torch.tensor(out["metrics"]["train/loss"]))
+    metrics = next((tmp_path / "run" / "csv").rglob("metrics.csv")).read_text()
+    assert "val_zeroshot/taxon/val/genus/top1" in metrics  # evaluated during training, fast templates
+    assert "zeroshot/taxon/val/species/top1" in metrics  # and at the end
+
+
 def _opt_state(trainer):
     state = trainer.optimizers[0].state_dict()["state"]
     return {k: {n: v.clone() for n, v in s.items() if torch.is_tensor(v)} for k, s in state.items()}
@@ -95,3 +109,19 @@ def test_missing_checkpoint_is_a_clear_error(small_shards, tmp_path):
     cfg = make_cfg(tmp_path, [*shard_overrides(small_shards), "ckpt_path=/nonexistent/last.ckpt"])
     with pytest.raises(FileNotFoundError, match="does not exist"):
         train(cfg)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("text_type", ["taxon", "mixed"])
+def test_default_experiment_learns_the_tree(tmp_path, text_type):
+    """The embedded default, shortened: seen species well above chance, unseen genera above chance."""
+    cfg = make_cfg(tmp_path, [
+        "logger=csv", "~callbacks.progress_bar", "callbacks.zero_shot.templates=single",
+        f"data.text_type={text_type}", f"data.generate.out_dir={tmp_path}/synthetic",
+        "+data.generate.train_per_species=16", "+data.generate.val_per_species=4",
+        "+data.generate.unseen_per_species=4", "trainer.max_epochs=5",
+    ])
+    results = {(r.eval_set, r.rank): r for r in train(cfg)["zero_shot"] if r.text_type == "taxon"}
+    species, genus = results[("seen", "species")], results[("unseen", "genus")]
+    assert species.top1 >= 5 * species.chance, species
+    assert genus.top1 >= 3 * genus.chance, genus

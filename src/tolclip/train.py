@@ -9,6 +9,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,10 @@ import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
+
+# ShardStream gives every loader worker its own shards and epoch length, which is exactly what this
+# Lightning warning asks for; it cannot see that, so it would fire on every run.
+warnings.filterwarnings("ignore", message=r".*`IterableDataset` has `__len__` defined.*")
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "configs")
 
