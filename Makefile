@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install train test test-fast lint format sweep-text-types bench bench-train clean
+.PHONY: help install train eval test test-fast lint format sweep-text-types bench bench-train clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -20,6 +20,9 @@ install: $(STAMP) ## create .venv and install tolclip with test extras
 
 train: $(STAMP) ## generate the synthetic tree of life, train the tiny CLIP, print zero-shot results (ARGS= for Hydra overrides)
 	$(PY) -m tolclip.train $(ARGS)
+
+eval: $(STAMP) ## zero-shot at every rank for a checkpoint: make eval ARGS="ckpt_path=logs/train/runs/<time>/checkpoints/last.ckpt"
+	$(PY) -m tolclip.eval $(ARGS)
 
 test: $(STAMP) ## run the test suite
 	$(PY) -m pytest -q $(ARGS)

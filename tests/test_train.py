@@ -9,7 +9,11 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 
+from tolclip.eval import evaluate
+from tolclip.shards import encode_jpeg
 from tolclip.train import CONFIG_DIR, train
+
+from helpers import add_raw_member, colour_image
 
 # A model small enough that a few steps take about a second.
 MICRO = [
@@ -21,10 +25,10 @@ MICRO = [
 ]
 
 
-def make_cfg(tmp_path: Path, overrides: list[str]):
+def make_cfg(tmp_path: Path, overrides: list[str], config_name: str = "train"):
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose(config_name="train", return_hydra_config=True, overrides=overrides)
+        cfg = compose(config_name=config_name, return_hydra_config=True, overrides=overrides)
     with open_dict(cfg):
         cfg.paths.root_dir = str(tmp_path)
         cfg.paths.output_dir = str(tmp_path / "run")
@@ -58,6 +62,27 @@ def test_train_on_shards_evaluates_and_logs(small_shards, tmp_path, text_type):
     assert list((tmp_path / "run" / "csv").rglob("metrics.csv"))
 
 
+def test_eval_entry_point_reproduces_end_of_training_results(small_shards, tmp_path):
+    out = train(make_cfg(tmp_path / "train", [*shard_overrides(small_shards), "trainer.max_epochs=2"]))
+    at_end = {(r.eval_set, r.rank): r.top1 for r in out["zero_shot"] if r.text_type == "taxon"}
+    ckpt = tmp_path / "train" / "run" / "checkpoints" / "last.ckpt"
+    data = [o for o in shard_overrides(small_shards) if o.startswith(("data", "+data"))]
+    cfg = make_cfg(tmp_path / "eval", [*data, *MICRO[:-1], f"ckpt_path={ckpt}", "zero_shot.text_types=[taxon]",
+                                       "zero_shot.templates=single"], config_name="eval")
+    results = evaluate(cfg)
+    assert {(r.eval_set, r.rank): r.top1 for r in results} == at_end  # last.ckpt holds the final weights
+    assert (tmp_path / "eval" / "run" / "zero_shot.csv").read_text().startswith("checkpoint,text_type")
+
+
+def test_eval_with_wrong_architecture_is_a_clear_error(small_shards, tmp_path):
+    train(make_cfg(tmp_path / "train", [*shard_overrides(small_shards), "trainer.max_epochs=1"]))
+    ckpt = tmp_path / "train" / "run" / "checkpoints" / "last.ckpt"
+    cfg = make_cfg(tmp_path / "eval", [f"ckpt_path={ckpt}", "model.net.embed_dim=24", *MICRO[1:-1]],
+                   config_name="eval")
+    with pytest.raises(ValueError, match="does not match the model config"):
+        evaluate(cfg)
+
+
 def test_precision_clipping_accumulation_checkpointing_and_step_eval(small_shards, tmp_path):
     cfg = make_cfg(tmp_path, [*shard_overrides(small_shards), "trainer.max_epochs=2",
                               "trainer.precision=bf16-mixed", "trainer.gradient_clip_val=1.0",
@@ -78,8 +103,7 @@ def _opt_state(trainer):
 
 
 def test_resume_continues_with_same_step_and_optimizer_state(small_shards, tmp_path):
-    common = [*shard_overrides(small_shards), "callbacks.model_checkpoint.every_n_train_steps=null",
-              "+callbacks.model_checkpoint.every_n_epochs=1", "data.num_workers=1"]
+    common = [*shard_overrides(small_shards), "data.num_workers=1"]
     full = train(make_cfg(tmp_path / "full", [*common, "trainer.max_epochs=3"]))
     # Same config, stopped after the first epoch as if the job had been killed there.
     first = train(make_cfg(tmp_path / "part", [*common, "trainer.max_epochs=3",
@@ -103,6 +127,27 @@ def test_resume_continues_with_same_step_and_optimizer_state(small_shards, tmp_p
     assert resumed["trainer"].lr_scheduler_configs[0].scheduler.last_epoch == 6
     for (n, p), (_, q) in zip(full["model"].net.named_parameters(), resumed["model"].net.named_parameters(), strict=True):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=n)
+
+
+def test_training_survives_corrupt_samples_and_counts_them(small_shards, tmp_path):
+    good = encode_jpeg(colour_image(99))
+    for shard in sorted((small_shards / "train").glob("*.tar")):
+        add_raw_member(shard, f"trunc{shard.stem[-1]}.jpg", good[: len(good) // 3])
+        add_raw_member(shard, f"trunc{shard.stem[-1]}.sci.txt", b"a photo of Corvus corax.")
+        add_raw_member(shard, f"nocap{shard.stem[-1]}.jpg", good)  # no captions, no taxon.json
+    # A finite stream reads every shard exactly once: 4 shards x 2 bad samples.
+    cfg = make_cfg(tmp_path, [*shard_overrides(small_shards), "data.resampled=false", "data.epoch_samples=null",
+                              "trainer.max_steps=5", "trainer.max_epochs=1"])
+    out = train(cfg)
+    assert out["trainer"].global_step == 5  # 40 good samples / batch 8
+    assert out["model"].skipped_total == 8
+    assert out["metrics"]["train/skipped_samples"] == 8
+
+
+def test_finite_stream_without_max_steps_is_a_clear_error(small_shards, tmp_path):
+    cfg = make_cfg(tmp_path, [*shard_overrides(small_shards), "data.resampled=false", "data.epoch_samples=null"])
+    with pytest.raises(ValueError, match="set trainer.max_steps"):
+        train(cfg)
 
 
 def test_missing_checkpoint_is_a_clear_error(small_shards, tmp_path):

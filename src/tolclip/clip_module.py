@@ -129,7 +129,13 @@ class CLIPLitModule(L.LightningModule):
         trainer = self.trainer
         per_epoch = getattr(trainer.datamodule, "train_batches_per_epoch", lambda: None)()
         if per_epoch is None or trainer.max_epochs is None or trainer.max_epochs < 0:
-            return int(trainer.estimated_stepping_batches)
+            total = trainer.estimated_stepping_batches
+            if not math.isfinite(total) or total <= 0:
+                raise ValueError(
+                    "the run length is unknown (a finite shard stream has no length): set trainer.max_steps, "
+                    "or use data.resampled=true with data.epoch_samples"
+                )
+            return int(total)
         total = trainer.max_epochs * math.ceil(per_epoch / trainer.accumulate_grad_batches)
         return min(total, trainer.max_steps) if trainer.max_steps > 0 else total
 

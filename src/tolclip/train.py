@@ -48,12 +48,17 @@ def prepare_synthetic(generate: dict[str, Any]) -> None:
         build_synthetic_dataset(**generate)
 
 
-def instantiate_all(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, L.Trainer]:
+def instantiate_datamodule(cfg: DictConfig) -> L.LightningDataModule:
+    """The configured DataModule, generating the synthetic shards first if the config asks."""
     data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
     generate = data_cfg.pop("generate", None)
     if generate:
         prepare_synthetic(generate)
-    datamodule = hydra.utils.instantiate(data_cfg, _convert_="all")
+    return hydra.utils.instantiate(data_cfg, _convert_="all")
+
+
+def instantiate_all(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, L.Trainer]:
+    datamodule = instantiate_datamodule(cfg)
     model = hydra.utils.instantiate(cfg.model, _convert_="all")
     callbacks = [hydra.utils.instantiate(c, _convert_="all") for c in (cfg.get("callbacks") or {}).values() if c]
     loggers = [hydra.utils.instantiate(c, _convert_="all") for c in (cfg.get("logger") or {}).values() if c]

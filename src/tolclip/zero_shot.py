@@ -19,6 +19,7 @@ from lightning.pytorch.callbacks import Callback
 
 from tolclip.captions import check_text_type, rank_name
 from tolclip.taxonomy import RANKS, Taxon
+from tolclip.tokenizer import get_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -257,6 +258,38 @@ def write_csv(results: Sequence[RankResult], path: str | Path, **extra: str) -> 
     return path
 
 
+def evaluate_datamodule(
+    net: torch.nn.Module,
+    datamodule,
+    text_types: Sequence[str] = ("taxon",),
+    templates: Sequence[str] = OPENAI_IMAGENET_TEMPLATES,
+    ranks: Sequence[str] = RANKS,
+    context_length: int = 77,
+) -> list[RankResult]:
+    """Zero-shot results of `net` on every eval set of a `ShardDataModule`, for each text type.
+
+    Image features are extracted once per set and shared by all text types.
+    """
+    was_training = net.training
+    net.eval()
+    try:
+        feats = {name: extract_features(net, datamodule.eval_dataloader(name)) for name in datamodule.eval_sets}
+        tokenizer = get_tokenizer(context_length)
+        return [r for t in text_types for r in evaluate_ranks(net, tokenizer, feats, t, templates, ranks)]
+    finally:
+        net.train(was_training)
+
+
+def print_results(results: Sequence[RankResult]) -> None:
+    """One rich table per text type, on the console."""
+    from rich.console import Console
+
+    console = Console()
+    for text_type in dict.fromkeys(r.text_type for r in results):
+        rows = [r for r in results if r.text_type == text_type]
+        console.print(results_table(rows, f"zero-shot accuracy, class names as '{text_type}'"))
+
+
 class ZeroShotEvaluation(Callback):
     """Runs `evaluate_ranks` on the DataModule's eval sets every N steps and when training ends.
 
@@ -285,19 +318,10 @@ class ZeroShotEvaluation(Callback):
         self.results: list[RankResult] = []
 
     def run(self, trainer, pl_module, templates: Sequence[str], prefix: str) -> list[RankResult]:
-        from tolclip.tokenizer import get_tokenizer
-
         dm = trainer.datamodule
         results: list[RankResult] = []
         if trainer.is_global_zero and dm.eval_sets:
-            net = pl_module.net
-            was_training = net.training
-            net.eval()
-            feats = {name: extract_features(net, dm.eval_dataloader(name)) for name in dm.eval_sets}
-            tokenizer = get_tokenizer(self.context_length)
-            for text_type in self.text_types:
-                results += evaluate_ranks(net, tokenizer, feats, text_type, templates, self.ranks)
-            net.train(was_training)
+            results = evaluate_datamodule(pl_module.net, dm, self.text_types, templates, self.ranks, self.context_length)
             metrics = {f"{prefix}/{r.text_type}/{r.eval_set}/{r.rank}/top1": r.top1 for r in results}
             metrics |= {f"{prefix}/{r.text_type}/{r.eval_set}/{r.rank}/top5": r.top5 for r in results}
             for logger in trainer.loggers:
@@ -313,12 +337,7 @@ class ZeroShotEvaluation(Callback):
     def on_train_end(self, trainer, pl_module) -> None:
         self.results = self.run(trainer, pl_module, self.templates, "zeroshot")
         if trainer.is_global_zero and self.results:
-            from rich.console import Console
-
-            console = Console()
-            for text_type in self.text_types:
-                rows = [r for r in self.results if r.text_type == text_type]
-                console.print(results_table(rows, f"zero-shot accuracy, class names as '{text_type}'"))
+            print_results(self.results)
             if self.output_csv:
                 train_type = getattr(trainer.datamodule, "text_type", "")
                 path = write_csv(self.results, Path(trainer.default_root_dir) / self.output_csv, train_text_type=train_type)
