@@ -14,22 +14,6 @@ from torch import nn
 from tolclip.captions import TEXT_TYPES
 from tolclip.loss import ClipLoss
 
-# Parameters that AdamW must not decay: scale-like (norms, biases, logit scale) and lookup tables
-# (token / positional embeddings, class token), whose decay only shrinks them toward zero.
-NO_DECAY_KEYS = (
-    "bias",
-    "norm",
-    "logit_scale",
-    "token_embedding",
-    "position_embedding",
-    "pos_embed",
-    "cls_token",
-)
-
-
-def is_no_decay(name: str, param: torch.Tensor) -> bool:
-    return param.ndim < 2 or any(k in name for k in NO_DECAY_KEYS)
-
 
 def warmup_cosine(warmup_steps: int, total_steps: int, min_ratio: float = 0.0):
     """LR multiplier: linear warmup from 0, then cosine decay to `min_ratio` at `total_steps`."""
@@ -67,6 +51,7 @@ class CLIPLitModule(L.LightningModule):
         self.save_hyperparameters(logger=False, ignore=["net"])
         self.net = net
         self.loss_fn = ClipLoss(**dict(loss or {}))
+        self.skipped_total = 0  # unreadable training samples, all ranks, whole run
         if grad_checkpointing:
             self.net.set_grad_checkpointing(True)
 
@@ -114,10 +99,16 @@ class CLIPLitModule(L.LightningModule):
     def on_train_epoch_end(self) -> None:
         # Summed over ranks; the loader workers of this epoch have finished, so the count is final.
         total = int(self.all_gather(torch.tensor(self._skipped_here(), device=self.device)).sum())
-        self.skipped_total = getattr(self, "skipped_total", 0) + total
+        self.skipped_total += total
         self.log("train/skipped_samples", float(self.skipped_total), rank_zero_only=True)
         if total:
             self.print(f"epoch {self.current_epoch}: skipped {total} unreadable sample(s) (warnings name them)")
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["skipped_samples"] = self.skipped_total
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.skipped_total = int(checkpoint.get("skipped_samples", 0))
 
     def total_steps(self) -> int:
         """Optimiser steps in the whole run, for the schedule.
@@ -141,15 +132,9 @@ class CLIPLitModule(L.LightningModule):
 
     def configure_optimizers(self):
         opt = dict(self.hparams.optimizer)
-        decay, no_decay = [], []
-        for name, param in self.net.named_parameters():
-            if param.requires_grad:
-                (no_decay if is_no_decay(name, param) else decay).append(param)
+        # No decay on biases, norms, logit scale and embeddings: the net knows which those are.
         optimizer = torch.optim.AdamW(
-            [
-                {"params": decay, "weight_decay": opt.pop("weight_decay", 0.0)},
-                {"params": no_decay, "weight_decay": 0.0},
-            ],
+            self.net.param_groups(opt.pop("weight_decay", 0.0)),
             lr=opt.pop("lr"),
             betas=tuple(opt.pop("betas", (0.9, 0.98))),
             eps=opt.pop("eps", 1e-6),
