@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install train eval test test-fast lint format sweep-text-types bench bench-train clean
+.PHONY: help install build-shards train eval test test-fast lint format sweep-text-types bench bench-train clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -23,6 +23,9 @@ train: $(STAMP) ## generate the synthetic tree of life, train the tiny CLIP, pri
 
 eval: $(STAMP) ## zero-shot at every rank for a checkpoint: make eval ARGS="ckpt_path=logs/train/runs/<time>/checkpoints/last.ckpt"
 	$(PY) -m tolclip.eval $(ARGS)
+
+build-shards: $(STAMP) ## build one shard set from all of ../shared/data/sources into data/shared_sources (ARGS= for overrides)
+	$(VENV)/bin/tolclip-build-shards --config-name build/shared_sources $(ARGS)
 
 test: $(STAMP) ## run the test suite
 	$(PY) -m pytest -q $(ARGS)

@@ -1,4 +1,4 @@
-"""Helpers for tests: small shards written through the real writer, planted bad members."""
+"""Helpers for tests: small shards written through the real writer, planted bad members, Hydra configs."""
 
 from __future__ import annotations
 
@@ -8,10 +8,15 @@ import tarfile
 from pathlib import Path
 
 import numpy as np
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import open_dict
 from PIL import Image
 
 from tolclip.shards import Sample, encode_jpeg
 from tolclip.taxonomy import Taxon
+from tolclip.train import CONFIG_DIR
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
@@ -66,3 +71,26 @@ class StopAfterSteps:
                     trainer.should_stop = True
 
         return _Stop()
+
+
+# A model small enough that a few steps take about a second.
+MICRO = [
+    "model.net.embed_dim=32",
+    "model.net.vision.width=32", "model.net.vision.layers=1", "model.net.vision.heads=1",
+    "model.net.vision.image_size=32",
+    "model.net.text.width=32", "model.net.text.layers=1", "model.net.text.heads=1",
+    "model.scheduler.warmup_steps=2",
+]
+
+
+def make_cfg(tmp_path: Path, overrides: list[str], config_name: str = "train"):
+    """A composed config with its run directory under tmp_path, as `@hydra.main` would give."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(config_name=config_name, return_hydra_config=True, overrides=overrides)
+    with open_dict(cfg):
+        cfg.paths.root_dir = str(tmp_path)
+        cfg.paths.output_dir = str(tmp_path / "run")
+        cfg.hydra.runtime.output_dir = str(tmp_path / "run")
+    HydraConfig().set_config(cfg)
+    return cfg

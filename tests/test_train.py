@@ -4,37 +4,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import open_dict
 
 from tolclip.eval import evaluate
 from tolclip.shards import encode_jpeg
-from tolclip.train import CONFIG_DIR, train
+from tolclip.train import train
 
-from helpers import add_raw_member, colour_image
-
-# A model small enough that a few steps take about a second.
-MICRO = [
-    "model.net.embed_dim=32",
-    "model.net.vision.width=32", "model.net.vision.layers=1", "model.net.vision.heads=1",
-    "model.net.vision.image_size=32",
-    "model.net.text.width=32", "model.net.text.layers=1", "model.net.text.heads=1",
-    "model.scheduler.warmup_steps=2",
-]
-
-
-def make_cfg(tmp_path: Path, overrides: list[str], config_name: str = "train"):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose(config_name=config_name, return_hydra_config=True, overrides=overrides)
-    with open_dict(cfg):
-        cfg.paths.root_dir = str(tmp_path)
-        cfg.paths.output_dir = str(tmp_path / "run")
-        cfg.hydra.runtime.output_dir = str(tmp_path / "run")
-    HydraConfig().set_config(cfg)
-    return cfg
+from helpers import MICRO, add_raw_member, colour_image, make_cfg
 
 
 def shard_overrides(root: Path) -> list[str]:

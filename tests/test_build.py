@@ -1,0 +1,314 @@
+"""tolclip-build-shards: the whole pipeline on self-made sources, resume, check, and the shared data."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+import tolclip.build as build_mod
+from tolclip.build import HashDeduplicator, assign_split, build, check, check_main, make_key
+from tolclip.dedup import Deduplicator, content_hash, perceptual_hash
+from tolclip.shards import iter_records
+from tolclip.taxonomy import RANKS
+
+from helpers import MICRO, make_cfg
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+
+SPECIES = {"corvus": "Corvus corax", "pica": "Pica pica", "amanita": "Amanita muscaria", "rosa": "Rosa canina"}
+
+
+def _image(i: int) -> Image.Image:
+    # Smooth random blobs: low-frequency structure, so a re-encoded copy keeps its pHash (flat noise would not).
+    rng = np.random.default_rng(i)
+    small = Image.fromarray(rng.integers(0, 256, (5, 5, 3), dtype=np.uint8))
+    return small.resize((48, 48), Image.Resampling.BICUBIC)
+
+
+def _png(i: int) -> bytes:
+    buf = io.BytesIO()
+    _image(i).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _read(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+@pytest.fixture
+def sources(tmp_path: Path) -> dict[str, Path]:
+    """ImageFolder: 4 named species × 4 images, an unknown label, a corrupt file, a byte copy, an eval copy."""
+    root = tmp_path / "src"
+    i = 0
+    for label in SPECIES:
+        (root / label).mkdir(parents=True)
+        for n in range(4):
+            (root / label / f"{n}.png").write_bytes(_png(i))
+            i += 1
+    (root / "mystery").mkdir()
+    (root / "mystery" / "0.png").write_bytes(_png(100))  # label not in names.csv -> no taxon
+    (root / "pica" / "corrupt.jpg").write_bytes(b"this is not a JPEG")
+    shutil.copy(root / "corvus" / "0.png", root / "corvus" / "copy_of_0.png")  # byte-identical duplicate
+    names = root / "names.csv"
+    names.write_text("label,scientific_name\n" + "".join(f"{k},{v}\n" for k, v in SPECIES.items()))
+    # The eval set holds a re-encoded (JPEG) copy of amanita/1.png: a near duplicate, not a byte copy.
+    eval_dir = tmp_path / "eval"
+    eval_dir.mkdir()
+    Image.open(root / "amanita" / "1.png").convert("RGB").save(eval_dir / "amanita_eval.jpg", quality=80)
+    return {"root": root, "names": names, "eval": eval_dir}
+
+
+def _config(sources: dict[str, Path], out: Path, **over: object) -> dict:
+    cfg = {
+        "out_dir": str(out),
+        "sources": [{"kind": "image_folder", "source": "mini", "root": str(sources["root"]),
+                     "names_table": str(sources["names"])}],
+        "exclude_species": ["Rosa canina"],
+        "eval_images": [str(sources["eval"])],
+        "resize": {"mode": "squash", "size": 32},
+        "splits": {"train": 70, "val": 30},
+        "train_small_fraction": 0.5,
+        "max_count": 3,
+        "workers": 1,
+        "progress": False,
+    }
+    cfg.update(over)
+    return cfg
+
+
+def test_build_end_to_end(sources: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    stats = build(_config(sources, out, workers=2, chunk_size=2))
+    catalog, skipped, excluded = (_read(out / f) for f in ("catalog.csv", "skipped.csv", "excluded.csv"))
+
+    # Every scanned input ends in exactly one report. 4x4 images + mystery + corrupt + copy = 19 (the
+    # names table sits in root and is not an input).
+    ids = [r["source_id"] for r in catalog + skipped + excluded]
+    assert len(ids) == len(set(ids)) == 19 == stats["inputs"]
+    reasons = {r["source_id"]: (r["stage"], r["reason"]) for r in skipped + excluded}
+    assert reasons["mystery/0.png"][0] == "resolve" and reasons["mystery/0.png"][1].startswith("no taxon")
+    assert reasons["pica/corrupt.jpg"] == ("image", "not an image")
+    original = make_key("mini", "corvus/0.png")
+    assert reasons["corvus/copy_of_0.png"] == ("duplicate", f"duplicate of {original}")
+    assert reasons["amanita/1.png"][0] == "eval" and "amanita_eval.jpg" in reasons["amanita/1.png"][1]
+    assert {sid for sid, (stage, _) in reasons.items() if stage == "species"} == {f"rosa/{n}.png" for n in range(4)}
+    assert len(catalog) == 11 == stats["images"]
+
+    # Catalog: resolved ranks, deterministic key-hash splits, shard paths that hold exactly these keys.
+    assert pq.read_table(out / "catalog.parquet").num_rows == len(catalog)
+    corvus = next(r for r in catalog if r["source_id"] == "corvus/1.png")
+    assert (corvus["kingdom"], corvus["family"], corvus["genus"], corvus["species"]) == (
+        "Animalia", "Corvidae", "Corvus", "corax")
+    assert corvus["resolution_status"] == "resolved"
+    splits = {"train": 70, "val": 30}
+    assert all(r["split"] == assign_split(r["key"], splits) for r in catalog)
+    in_shards: dict[str, set[str]] = {}
+    for shard in sorted(out.glob("*/shard-*.tar")):
+        rel = shard.relative_to(out).as_posix()
+        records = list(iter_records(str(shard)))
+        assert 0 < len(records) <= 3
+        for rec in records:
+            meta = json.loads(rec["taxon.json"])
+            assert meta["source"] == "mini" and meta["genus"]
+            assert Image.open(io.BytesIO(rec["jpg"])).size == (32, 32)
+        in_shards[rel] = {rec["__key__"] for rec in records}
+    for split in ("train", "val"):
+        keys = {r["key"] for r in catalog if r["split"] == split}
+        assert set().union(*(v for k, v in in_shards.items() if k.startswith(f"{split}/"))) == keys
+    assert all(r["key"] in in_shards[r["shard"]] for r in catalog)
+    small = {r["key"] for r in catalog if r["train_small"] == "True"}
+    assert small <= {r["key"] for r in catalog if r["split"] == "train"}
+    assert set().union(*(v for k, v in in_shards.items() if k.startswith("train_small/")), set()) == small
+
+    # Statistics and reports.
+    assert stats["per_kingdom"]["Animalia"]["images"] + stats["per_kingdom"]["Fungi"]["images"] == 11
+    assert stats["taxa"]["species"] == 3 and stats["taxa"]["kingdom"] == 2
+    assert stats["fraction_all_seven_ranks"] == 1.0
+    assert sum(s["images"] for s in stats["per_split"].values()) == 11
+    assert json.loads((out / "stats.json").read_text())["images"] == 11
+    assert {r["status"] for r in _read(out / "resolution_report.csv")} >= {"resolved", "unresolved"}
+    assert not (out / "cache").exists()
+    assert check(out) == []
+
+
+def test_hash_dedup_agrees_with_deduplicator() -> None:
+    images = [_image(i) for i in range(6)]
+    datas = [_png(i) for i in range(6)]
+    # a byte copy, a re-encoded near copy, and distinct images
+    buf = io.BytesIO()
+    images[2].save(buf, format="JPEG", quality=70)
+    stream = [*zip(datas, images, strict=True), (datas[1], images[1]),
+              (buf.getvalue(), Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))]
+    ref, ours = Deduplicator(), HashDeduplicator()
+    got = [(ref.add(f"k{i}", d, im), ours.add(f"k{i}", content_hash(d), perceptual_hash(im)))
+           for i, (d, im) in enumerate(stream)]
+    assert [a for a, _ in got] == [b for _, b in got]
+    assert [a for a, _ in got][-2:] == ["k1", "k2"]
+
+
+def _snapshot(out: Path) -> dict[str, bytes]:
+    names = ["catalog.csv", "skipped.csv", "excluded.csv", "stats.json"]
+    files = {n: (out / n).read_bytes() for n in names}
+    files.update({p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.glob("*/shard-*.tar"))})
+    return files
+
+
+def test_resume_gives_identical_output(sources: dict[str, Path], tmp_path: Path, monkeypatch) -> None:
+    reference = tmp_path / "reference"
+    build(_config(sources, reference))
+    expected = _snapshot(reference)
+    assert len([k for k in expected if k.endswith(".tar")]) >= 4
+
+    # 1. Interrupted in the image stage after 5 images; the resume decodes only the rest.
+    real = build_mod.process_one
+    calls: list[str] = []
+
+    def flaky(task):
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        calls.append(task[0])
+        return real(task)
+
+    out = tmp_path / "interrupted"
+    monkeypatch.setattr(build_mod, "process_one", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        build(_config(sources, out))
+    assert not list(out.glob("*/shard-*.tar"))
+    monkeypatch.setattr(build_mod, "process_one", lambda task: calls.append(task[0]) or real(task))
+    build(_config(sources, out, resume=True))
+    assert len(calls) == len(set(calls)) == 14  # 14 files reach the image stage (not rosa, not mystery), each decoded once
+    assert _snapshot(out) == expected
+
+    # 2. Interrupted while writing shards (after two complete shards, with a half-written temp file).
+    real_write = build_mod.write_one_shard
+    written: list[Path] = []
+
+    def crash(samples, final):
+        if len(written) == 2:
+            tmp = final.parent / ".tmp-crash"
+            tmp.mkdir(parents=True)
+            (tmp / "shard-000000.tar").write_bytes(b"partial")
+            raise RuntimeError("disk full")
+        written.append(final)
+        real_write(samples, final)
+
+    out2 = tmp_path / "interrupted2"
+    monkeypatch.setattr(build_mod, "write_one_shard", crash)
+    with pytest.raises(RuntimeError, match="disk full"):
+        build(_config(sources, out2))
+    assert not (out2 / "catalog.csv").exists()
+    rewritten: list[Path] = []
+    monkeypatch.setattr(build_mod, "write_one_shard", lambda s, f: rewritten.append(f) or real_write(s, f))
+    build(_config(sources, out2, resume=True))
+    assert not set(written) & set(rewritten)  # finished shards were kept, not rewritten
+    assert _snapshot(out2) == expected
+    assert not list(out2.glob("*/.tmp-*"))
+
+    # A changed config is refused on resume rather than mixed with the old results.
+    with pytest.raises(build_mod.BuildError, match="config changed"):
+        build(_config(sources, out2, resume=True, quality=80))
+
+
+def test_check_finds_corrupt_shard(sources: dict[str, Path], tmp_path: Path, capsys) -> None:
+    out = tmp_path / "out"
+    build(_config(sources, out, train_small_fraction=0.0, max_count=100))
+    assert check_main([str(out)]) == 0
+    shard = out / "train" / "shard-000000.tar"
+    data = shard.read_bytes()
+    # Corrupt one image's bytes inside the tar (sizes unchanged): the tar still opens, the image does not.
+    start = data.index(b"\xff\xd8\xff")
+    shard.write_bytes(data[:start] + b"\x00" * 64 + data[start + 64:])
+    val = out / "val" / "shard-000000.tar"
+    val.write_bytes(val.read_bytes()[:700])  # truncated tar
+    problems = check(out)
+    assert any(p.startswith("train/shard-000000.tar ") and "image" in p for p in problems)
+    assert any(p.startswith("val/shard-000000.tar") for p in problems)
+    assert check_main([str(out)]) == 1
+    assert "problem(s)" in capsys.readouterr().out
+
+
+def test_cli_bad_config_is_one_line(tmp_path: Path) -> None:
+    exe = Path(sys.executable).parent / "tolclip-build-shards"
+    cmd = [str(exe), f"build.out_dir={tmp_path / 'o'}", "build.sources=[{kind: nope, root: x}]",
+           f"hydra.run.dir={tmp_path / 'h'}"]
+    res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env={**os.environ, "TOLCLIP_ROOT": str(ROOT)})
+    assert res.returncode == 2
+    assert "unknown source kind 'nope'" in res.stderr and "Traceback" not in res.stderr
+    res = subprocess.run([str(exe), "check", str(tmp_path)], capture_output=True, text=True)
+    assert res.returncode == 1 and "no shard" in res.stdout
+
+
+@pytest.mark.shared_data
+@pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data not present (only in the dev/CI checkout)")
+def test_shared_sources_subset(tmp_path: Path) -> None:
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "configs")):
+        cfg = compose("build/shared_sources", overrides=[
+            f"paths.root_dir={ROOT}", f"build.out_dir={tmp_path / 'out'}", "build.limit_per_source=60", "build.progress=false"])
+    conf = OmegaConf.to_container(cfg.build, resolve=True)
+    out = Path(conf["out_dir"])
+    stats = build(conf)
+    catalog, skipped, excluded = (_read(out / f) for f in ("catalog.csv", "skipped.csv", "excluded.csv"))
+    assert len(catalog) + len(skipped) + len(excluded) == stats["inputs"]
+    assert set(stats["per_source"]) == {"butterflies", "tiny_imagenet", "plant_seedlings", "mushrooms_train",
+                                        "mushrooms_val", "mushrooms_test", "camera_trap_edge"}
+    cam = {r["source_id"]: r for r in skipped + excluded if r["source"] == "camera_trap_edge"}
+    assert (cam["african_elephants_truncated_file.jpg"]["stage"],
+            cam["african_elephants_truncated_file.jpg"]["reason"]) == ("image", "truncated")
+    for blank in ("blank.jpg", "blank2.jpg", "blank3.jpg", "vehicle.jpg"):
+        assert cam[blank]["stage"] == "resolve" and cam[blank]["reason"].startswith("no taxon")
+    # The grey, CMYK and EXIF-rotated elephants are the original photo (pHash distance 0, see tolclip.dedup):
+    # they decode fine, and are excluded as duplicates of the original, which is kept.
+    kept = {r["source_id"] for r in catalog if r["source"] == "camera_trap_edge"}
+    assert "african_elephants.jpg" in kept
+    original = make_key("camera_trap_edge", "african_elephants.jpg")
+    for variant in ("bw", "cmyk", "with_exif_orientation"):
+        row = cam[f"african_elephants_{variant}.jpg"]
+        assert (row["stage"], row["reason"]) == ("duplicate", f"duplicate of {original}")
+    # The giant armadillo is a Rare Species benchmark species: kept out.
+    assert cam["sample_image_oct.jpg"]["stage"] == "species"
+    elephant = next(r for r in catalog if r["source_id"] == "african_elephants.jpg")
+    assert [elephant[r] for r in RANKS][-2:] == ["Loxodonta", "africana"]
+    assert stats["per_kingdom"].keys() >= {"Animalia", "Plantae", "Fungi"}
+    assert check(out) == []
+
+
+@pytest.mark.shared_data
+@pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data not present (only in the dev/CI checkout)")
+def test_training_runs_on_shards_built_from_shared_sources(tmp_path: Path) -> None:
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from tolclip.train import train
+
+    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "configs")):
+        cfg = compose("build/shared_sources", overrides=[
+            f"paths.root_dir={ROOT}", f"build.out_dir={tmp_path / 'built'}", "build.limit_per_source=20",
+            "build.progress=false", "build.splits.train=80", "build.splits.val=20"])
+    build(OmegaConf.to_container(cfg.build, resolve=True))
+    run = make_cfg(tmp_path, [
+        "data=shared_sources", "data.epoch_samples=16",
+        "data.batch_size=8", "data.num_workers=0", "data.shuffle_buffer=8",
+        f"data.train_shards={tmp_path / 'built'}/train/shard-*.tar",
+        f"data.eval_sets.val={tmp_path / 'built'}/val/shard-*.tar",
+        "logger=csv", "callbacks.zero_shot.templates=single", "~callbacks.progress_bar", "trainer.max_epochs=1",
+        *MICRO,
+    ])
+    out = train(run)
+    assert out["trainer"].global_step == 2
+    assert {r.rank for r in out["zero_shot"]} >= {"kingdom", "genus", "species"}
