@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 import tolclip.build as build_mod
-from tolclip.build import HashDeduplicator, assign_split, build, check, check_main, make_key
+from tolclip.build import assign_split, build, check, check_main, make_key
 from tolclip.dedup import Deduplicator, content_hash, perceptual_hash
 from tolclip.shards import iter_records
 from tolclip.taxonomy import RANKS
@@ -144,7 +144,7 @@ def test_build_end_to_end(sources: dict[str, Path], tmp_path: Path) -> None:
     assert check(out) == []
 
 
-def test_hash_dedup_agrees_with_deduplicator() -> None:
+def test_dedup_from_stored_hashes_agrees_with_images() -> None:
     images = [_image(i) for i in range(6)]
     datas = [_png(i) for i in range(6)]
     # a byte copy, a re-encoded near copy, and distinct images
@@ -152,8 +152,8 @@ def test_hash_dedup_agrees_with_deduplicator() -> None:
     images[2].save(buf, format="JPEG", quality=70)
     stream = [*zip(datas, images, strict=True), (datas[1], images[1]),
               (buf.getvalue(), Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))]
-    ref, ours = Deduplicator(), HashDeduplicator()
-    got = [(ref.add(f"k{i}", d, im), ours.add(f"k{i}", content_hash(d), perceptual_hash(im)))
+    ref, ours = Deduplicator(), Deduplicator()
+    got = [(ref.add(f"k{i}", d, im), ours.add_hashes(f"k{i}", content_hash(d), perceptual_hash(im)))
            for i, (d, im) in enumerate(stream)]
     assert [a for a, _ in got] == [b for _, b in got]
     assert [a for a, _ in got][-2:] == ["k1", "k2"]

@@ -45,8 +45,8 @@ from typing import Any
 
 from tolclip.dedup import (
     DEFAULT_MAX_DISTANCE,
+    Deduplicator,
     EvalExclusion,
-    NearDuplicateIndex,
     content_hash,
     perceptual_hash,
 )
@@ -308,28 +308,6 @@ class Checkpoint:
 # --------------------------------------------------------------------------------------------- dedup
 
 
-class HashDeduplicator:
-    """`dedup.Deduplicator` on precomputed hashes (same rules: exact bytes first, else the nearest kept
-    pHash; duplicates are not indexed). The checkpoint keeps hashes, not images, so a resumed build can
-    dedup without decoding again; tests check it agrees with `Deduplicator`."""
-
-    def __init__(self, max_distance: int = DEFAULT_MAX_DISTANCE) -> None:
-        self.max_distance = max_distance
-        self._exact: dict[str, str] = {}
-        self._near = NearDuplicateIndex()
-
-    def add(self, key: str, digest: str, phash: int) -> str | None:
-        exact = self._exact.get(digest)
-        if exact is not None:
-            return exact
-        found = self._near.query(phash, self.max_distance)
-        if found:
-            return found[0]
-        self._exact[digest] = key
-        self._near.add(key, phash)
-        return None
-
-
 # ------------------------------------------------------------------------------------------- helpers
 
 
@@ -496,7 +474,7 @@ def build(config: dict[str, Any] | BuildConfig) -> dict[str, Any]:
             checkpoint.add(result)
 
         # 5. leakage and dedup, in scan order --------------------------------------------------------
-        dedup = HashDeduplicator(cfg.max_distance)
+        dedup = Deduplicator(cfg.max_distance)
         kept: list[Entry] = []
         for e in candidates:
             row = checkpoint.done[e.key]
@@ -505,7 +483,7 @@ def build(config: dict[str, Any] | BuildConfig) -> dict[str, Any]:
             elif row.get("leak"):
                 excluded.add(e, "eval", row["leak"])
             else:
-                original = dedup.add(e.key, row["sha256"], row["phash"])
+                original = dedup.add_hashes(e.key, row["sha256"], row["phash"])
                 if original is None:
                     kept.append(e)
                 else:

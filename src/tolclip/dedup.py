@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from itertools import combinations
 
 import numpy as np
@@ -223,11 +223,17 @@ class Deduplicator:
         return len(self._near)
 
     def add(self, key: str, data: bytes, image: Image.Image) -> str | None:
-        digest = content_hash(data)
+        return self.add_hashes(key, content_hash(data), lambda: perceptual_hash(image))
+
+    def add_hashes(self, key: str, digest: str, phash: int | Callable[[], int]) -> str | None:
+        """`add` from precomputed hashes (a build's checkpoint keeps hashes, not images).
+
+        `phash` may be a callable, so an exact duplicate never pays for its perceptual hash.
+        """
         exact = self._exact.get(digest)
         if exact is not None:
             return exact
-        h = perceptual_hash(image)
+        h = phash() if callable(phash) else phash
         found = self._near.query(h, self.max_distance)
         if found:
             return found[0]
