@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install build-shards train eval test test-fast lint format sweep-text-types bench bench-train clean
+.PHONY: help install build-shards train eval test test-fast lint format sweep-text-types bench bench-train bench-shards clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -44,11 +44,14 @@ sweep-text-types: $(STAMP) ## text-type ablation: train on each text type (Hydra
 	$(PY) -m tolclip.train -m 'experiment=glob(text_*)' logger=csv hydra.sweep.dir=logs/sweep-text-types $(ARGS)
 	$(PY) -m tolclip.report logs/sweep-text-types
 
-bench: bench-train ## all benchmarks
+bench: bench-train bench-shards ## all benchmarks
 
 bench-train: $(STAMP) ## training samples/s: tolclip vs open_clip at identical sizes (caption-length and full-context tokens)
 	$(PY) scripts/bench_train.py $(ARGS)
 	$(PY) scripts/bench_train.py --min-words 75 --max-words 75 $(ARGS)
+
+bench-shards: $(STAMP) ## shard builder images/s vs Pillow-only decode/resize/encode, per worker count
+	$(PY) scripts/bench_shards.py $(ARGS)
 
 clean: ## remove generated data and logs (keeps .venv)
 	rm -rf data logs/train logs/sweep-text-types outputs multirun

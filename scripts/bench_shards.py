@@ -1,0 +1,226 @@
+"""Shard builder images/s vs the same decode → resize → encode done with Pillow alone, per worker count.
+
+Three sides run over the same fixed image set, in interleaved rounds (the order rotates each round so
+machine noise hits all alike); medians are printed:
+
+* ``limit``: Pillow alone, the practical limit: read the file, ``Image.open``, ``convert("RGB")``,
+  resize to size×size (BICUBIC, reducing_gap 3 as the builder's squash mode), JPEG encode at the
+  builder's quality, bytes returned to the parent.
+* ``stage``: the builder's image stage exactly as `build()` runs it: `tolclip.build._imap` over
+  `process_one` (decode with all checks, resize, encode, SHA-256, pHash, base64) and
+  `Checkpoint.add` (spool + processed.jsonl) for every result.
+* ``build``: the whole `tolclip.build.build()` on a manifest of those images (scan, taxonomy
+  resolution, image stage, dedup, split, shard writing, catalog, stats), `progress=false`.
+
+Parallelism matches the builder's: ``workers=1`` runs in-process (no pool) on every side; ``workers=w>1``
+uses a fork ``multiprocessing.Pool(w)`` with ``imap`` and the builder's chunk size.
+
+    python scripts/bench_shards.py --images 600 --workers 1 2 --rounds 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import multiprocessing
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import PIL
+from PIL import Image
+
+from tolclip import build as B
+from tolclip.sources import IMAGE_EXTENSIONS
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_ROOT = ROOT.parent / "shared" / "data" / "sources" / "butterflies-100" / "train"
+# Files under --root other than the default are all labelled with this one species (resolution must
+# succeed for the builder to process them; the label does not change the image work).
+PLACEHOLDER_SPECIES = "Danaus plexippus"
+
+_SETTINGS: dict = {}
+
+
+# ----------------------------------------------------------------------------------- the limit side
+
+
+def _limit_init(size: int, quality: int) -> None:
+    _SETTINGS.update(size=size, quality=quality)
+
+
+def _limit_one(path: str) -> bytes:
+    with Image.open(path) as im:
+        rgb = im.convert("RGB")
+    size = _SETTINGS["size"]
+    out = rgb.resize((size, size), Image.Resampling.BICUBIC, reducing_gap=3.0)
+    buf = io.BytesIO()
+    out.save(buf, format="JPEG", quality=_SETTINGS["quality"])
+    return buf.getvalue()
+
+
+def _ctx() -> multiprocessing.context.BaseContext:
+    return multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+
+
+def run_limit(paths: list[str], workers: int, size: int, quality: int, chunk: int) -> float:
+    t = time.perf_counter()
+    if workers <= 1:
+        _limit_init(size, quality)
+        n = sum(1 for _ in map(_limit_one, paths))
+    else:
+        with _ctx().Pool(workers, initializer=_limit_init, initargs=(size, quality)) as pool:
+            n = sum(1 for _ in pool.imap(_limit_one, paths, chunksize=chunk))
+    dt = time.perf_counter() - t
+    assert n == len(paths)
+    return len(paths) / dt
+
+
+# ---------------------------------------------------------------------------------- builder sides
+
+
+def run_stage(paths: list[str], workers: int, size: int, quality: int, chunk: int, tmp: Path) -> float:
+    """Step 4 of `build()`: `_imap(process_one)` + `Checkpoint.add`, as the builder does it."""
+    out = Path(tempfile.mkdtemp(dir=tmp))
+    cfg = B.BuildConfig(out_dir=out, sources=[{}], workers=workers, chunk_size=chunk, quality=quality,
+                        resize={"mode": "squash", "size": size}, progress=False)
+    settings = {"mode": "squash", "size": size, "quality": quality, "max_pixels": cfg.max_pixels}
+    tasks = [(f"k{i:06d}", p) for i, p in enumerate(paths)]
+    t = time.perf_counter()
+    with B.Checkpoint(out / B.CACHE_DIR) as checkpoint:
+        for result in B._imap(tasks, cfg, None, settings):
+            checkpoint.add(result)
+    dt = time.perf_counter() - t
+    bad = [r for r in checkpoint.done.values() if not r["ok"]]
+    assert len(checkpoint.done) == len(paths) and not bad, bad[:3]
+    shutil.rmtree(out)
+    return len(paths) / dt
+
+
+def build_config(manifest: Path, out: Path, workers: int, size: int, quality: int, chunk: int) -> dict:
+    return {"out_dir": str(out), "sources": [{"kind": "manifest", "source": "bench", "table_path": str(manifest)}],
+            "workers": workers, "chunk_size": chunk, "resize": {"mode": "squash", "size": size},
+            "quality": quality, "progress": False}
+
+
+def run_build(manifest: Path, n: int, workers: int, size: int, quality: int, chunk: int, tmp: Path) -> float:
+    out = Path(tempfile.mkdtemp(dir=tmp))
+    t = time.perf_counter()
+    stats = B.build(build_config(manifest, out, workers, size, quality, chunk))
+    dt = time.perf_counter() - t
+    assert stats["inputs"] == n and stats["skipped"] == 0, {k: stats[k] for k in ("inputs", "skipped")}
+    shutil.rmtree(out)
+    return n / dt
+
+
+# --------------------------------------------------------------------------------------- image set
+
+
+def pick_images(root: Path, names: Path | None, n: int) -> list[tuple[str, str]]:
+    """The first `n` image files under `root`, sorted by relative path, with a scientific name each."""
+    files = sorted((p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS),
+                   key=lambda p: p.relative_to(root).as_posix())[:n]
+    species: dict[str, str] = {}
+    if names is not None:
+        with names.open(newline="", encoding="utf-8") as fh:
+            species = {row["label"]: row["scientific_name"] for row in csv.DictReader(fh)}
+    out = []
+    for f in files:
+        name = species.get(f.parent.name, "") or PLACEHOLDER_SPECIES
+        out.append((str(f), name))
+    return out
+
+
+def write_manifest(images: list[tuple[str, str]], path: Path) -> None:
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["path", "scientific_name"])
+        w.writerows(images)
+
+
+# -------------------------------------------------------------------------------------------- main
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--root", type=Path, default=DEFAULT_ROOT,
+                    help="folder of images (searched recursively; default: ../shared/data butterflies-100/train)")
+    ap.add_argument("--names", type=Path, default=None,
+                    help="label,scientific_name table for the folder names (default: butterflies names.csv "
+                         f"with the default --root; otherwise every image is {PLACEHOLDER_SPECIES!r})")
+    ap.add_argument("--images", type=int, default=600, help="first N image files by sorted path")
+    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds per side and worker count")
+    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--quality", type=int, default=95)
+    ap.add_argument("--chunk-size", type=int, default=16, help="imap chunk size (the builder's default)")
+    args = ap.parse_args()
+
+    if not args.root.is_dir():
+        sys.exit(f"bench_shards: image folder {args.root} not found. It is the read-only dev data in "
+                 "../shared/data (see its README); pass --root DIR (and --names label,scientific_name CSV) "
+                 "for a folder of your own.")
+    names = args.names
+    if names is None and args.root.resolve() == DEFAULT_ROOT.resolve():
+        names = DEFAULT_ROOT.parent / "names.csv"
+    images = pick_images(args.root, names, args.images)
+    if not images:
+        sys.exit(f"bench_shards: no image files under {args.root}")
+    paths = [p for p, _ in images]
+    n = len(paths)
+    mb = sum(os.path.getsize(p) for p in paths) / 1e6
+    with Image.open(paths[0]) as im0:
+        first = f"{im0.format} {im0.width}x{im0.height}"
+
+    print(f"machine: {platform.machine()} {platform.processor() or ''} cpus={os.cpu_count()} "
+          f"python={platform.python_version()} Pillow={PIL.__version__}")
+    print(f"images: {n} files ({mb:.1f} MB, first {first}) from {args.root}; "
+          f"squash {args.size}x{args.size} BICUBIC, JPEG q{args.quality}, chunk {args.chunk_size}")
+
+    with tempfile.TemporaryDirectory(prefix="bench_shards_") as tmpdir:
+        tmp = Path(tmpdir)
+        manifest = tmp / "manifest.csv"
+        write_manifest(images, manifest)
+        sides: dict[str, Callable[[int], float]] = {
+            "limit": lambda w: run_limit(paths, w, args.size, args.quality, args.chunk_size),
+            "stage": lambda w: run_stage(paths, w, args.size, args.quality, args.chunk_size, tmp),
+            "build": lambda w: run_build(manifest, n, w, args.size, args.quality, args.chunk_size, tmp),
+        }
+        # Warm-up (page cache, imports, taxonomy backend), untimed.
+        run_limit(paths, 1, args.size, args.quality, args.chunk_size)
+        run_build(manifest, n, 1, args.size, args.quality, args.chunk_size, tmp)
+
+        rates: dict[tuple[str, int], list[float]] = {(s, w): [] for s in sides for w in args.workers}
+        names_ = list(sides)
+        for r in range(args.rounds):
+            order = names_[r % len(names_):] + names_[: r % len(names_)]
+            for w in args.workers:
+                for s in order:
+                    rates[(s, w)].append(sides[s](w))
+                    print(f"  round {r + 1} workers={w} {s:<5} {rates[(s, w)][-1]:8.1f} img/s", flush=True)
+
+    med = {k: statistics.median(v) for k, v in rates.items()}
+    w1 = args.workers[0]
+    print(f"\nmedian images/s over {args.rounds} rounds ({n} images); stage = builder image stage alone "
+          f"(_imap(process_one) + Checkpoint.add), build = whole build(); scaling = img/s / img/s at "
+          f"workers={w1}")
+    head = (f"{'workers':>7} {'limit':>9} {'stage':>9} {'build':>9} {'stage/limit':>12} {'build/limit':>12} "
+            f"{'scale limit':>12} {'scale stage':>12} {'scale build':>12}")
+    print(head)
+    for w in args.workers:
+        lim, stg, bld = med[("limit", w)], med[("stage", w)], med[("build", w)]
+        print(f"{w:>7} {lim:>9.1f} {stg:>9.1f} {bld:>9.1f} {stg / lim:>12.3f} {bld / lim:>12.3f} "
+              f"{lim / med[('limit', w1)]:>12.2f} {stg / med[('stage', w1)]:>12.2f} "
+              f"{bld / med[('build', w1)]:>12.2f}")
+    print("target (issue): build/limit >= 0.8 per worker count, near-linear scaling")
+
+
+if __name__ == "__main__":
+    main()
