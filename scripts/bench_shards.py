@@ -7,7 +7,7 @@ machine noise hits all alike); medians are printed:
   resize to size×size (BICUBIC, reducing_gap 3 as the builder's squash mode), JPEG encode at the
   builder's quality, bytes returned to the parent.
 * ``stage``: the builder's image stage exactly as `build()` runs it: `tolclip.build._imap` over
-  `process_one` (decode with all checks, resize, encode, SHA-256, pHash, base64) and
+  `process_one` (decode with all checks, resize, encode, SHA-256, pHash) and
   `Checkpoint.add` (spool + processed.jsonl) for every result.
 * ``build``: the whole `tolclip.build.build()` on a manifest of those images (scan, taxonomy
   resolution, image stage, dedup, split, shard writing, catalog, stats), `progress=false`.

@@ -24,7 +24,6 @@ exits non-zero when any shard or sample is bad.
 
 from __future__ import annotations
 
-import base64
 import csv
 import hashlib
 import json
@@ -240,11 +239,12 @@ def process_one(task: tuple[str, str]) -> dict[str, Any]:
         jpeg = encode(resize(image, _WORKER["mode"], _WORKER["size"]), quality=_WORKER["quality"])
     except ImageError as err:
         return {"key": key, "ok": False, "reason": err.reason, "sha256": content_hash(data)}
+    digest, phash = content_hash(data), perceptual_hash(image)
     exclusion: EvalExclusion | None = _WORKER.get("exclusion")
-    leak = exclusion.check(data, image) if exclusion is not None else None
-    return {"key": key, "ok": True, "sha256": content_hash(data), "phash": perceptual_hash(image),
-            "width": image.width, "height": image.height, "leak": leak,
-            "jpeg": base64.b64encode(jpeg).decode("ascii")}
+    leak = exclusion.check_hashes(digest, phash) if exclusion is not None else None
+    # Raw bytes: the pool pickles them as they are; the checkpoint line never carries them.
+    return {"key": key, "ok": True, "sha256": digest, "phash": phash,
+            "width": image.width, "height": image.height, "leak": leak, "jpeg": jpeg}
 
 
 def _imap(tasks: list[tuple[str, str]], cfg: BuildConfig, exclusion: EvalExclusion | None,
@@ -290,7 +290,7 @@ class Checkpoint:
     def add(self, result: dict[str, Any]) -> None:
         row = dict(result)
         if row.get("ok"):
-            jpeg = base64.b64decode(row.pop("jpeg"))
+            jpeg = row.pop("jpeg")
             self._spool.seek(0, os.SEEK_END)
             row["offset"], row["length"] = self._spool.tell(), len(jpeg)
             self._spool.write(jpeg)

@@ -193,12 +193,16 @@ class EvalExclusion:
 
     def check(self, data: bytes, image: Image.Image | None) -> str | None:
         """Why this training image (file bytes, decoded image) leaks an eval image, or None."""
-        exact = self._exact.get(content_hash(data))
+        return self.check_hashes(content_hash(data), None if image is None else perceptual_hash(image))
+
+    def check_hashes(self, digest: str, phash: int | None) -> str | None:
+        """`check` from precomputed hashes, for callers that need the hashes anyway."""
+        exact = self._exact.get(digest)
         if exact is not None:
             return f"exact copy of eval image {exact}"
-        if image is None:
+        if phash is None:
             return None
-        found = self._near.matches(perceptual_hash(image), self.max_distance)
+        found = self._near.matches(phash, self.max_distance)
         if found:
             key, d = found[0]
             return f"near-duplicate (distance {d}) of eval image {key}"

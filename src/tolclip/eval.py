@@ -51,10 +51,8 @@ def load_net(ckpt_path: str | Path, net_cfg: DictConfig) -> torch.nn.Module:
 
 def evaluate(cfg: DictConfig) -> list[RankResult]:
     ckpt_path = Path(cfg.ckpt_path)
-    if not ckpt_path.exists():
-        raise FileNotFoundError(f"checkpoint {ckpt_path} does not exist")
     net_cfg = run_net_config(ckpt_path, cfg.model.net)
-    net = load_net(ckpt_path, net_cfg)
+    net = load_net(ckpt_path, net_cfg)  # a missing file fails here, with its path
     # Images must match the architecture the checkpoint has, whatever model group was given.
     cfg.data.image_size = net_cfg.vision.image_size
     datamodule = instantiate_datamodule(cfg)

@@ -17,6 +17,8 @@ import hydra
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
+from tolclip.zero_shot import ZeroShotEvaluation
+
 log = logging.getLogger(__name__)
 
 # ShardStream gives every loader worker its own shards and epoch length, which is exactly what this
@@ -86,7 +88,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     for logger in trainer.loggers:
         logger.log_hyperparams(hparams)
     trainer.fit(model, datamodule=datamodule, ckpt_path=resolve_ckpt(cfg.get("ckpt_path"), cfg.paths.output_dir))
-    zero_shot = next((c for c in trainer.callbacks if hasattr(c, "results") and hasattr(c, "text_types")), None)
+    zero_shot = next((c for c in trainer.callbacks if isinstance(c, ZeroShotEvaluation)), None)
     return {
         "metrics": {k: float(v) for k, v in trainer.callback_metrics.items()},
         "zero_shot": zero_shot.results if zero_shot else [],
