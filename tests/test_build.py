@@ -136,7 +136,7 @@ def test_build_end_to_end(sources: dict[str, Path], tmp_path: Path) -> None:
     # Statistics and reports.
     assert stats["per_kingdom"]["Animalia"]["images"] + stats["per_kingdom"]["Fungi"]["images"] == 11
     assert stats["taxa"]["species"] == 3 and stats["taxa"]["kingdom"] == 2
-    assert stats["fraction_all_seven_ranks"] == 1.0
+    assert stats["fraction_all_seven_ranks"] == stats["fraction_complete_to_lowest_rank"] == 1.0
     assert sum(s["images"] for s in stats["per_split"].values()) == 11
     assert json.loads((out / "stats.json").read_text())["images"] == 11
     assert {r["status"] for r in _read(out / "resolution_report.csv")} >= {"resolved", "unresolved"}
@@ -240,6 +240,31 @@ def test_check_finds_corrupt_shard(sources: dict[str, Path], tmp_path: Path, cap
     assert "problem(s)" in capsys.readouterr().out
 
 
+def test_check_compares_shards_with_the_catalog(sources: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    build(_config(sources, out, max_count=100))
+    assert check(out) == []
+    # Drop one catalogued sample from a shard (rewritten whole, so every sample still decodes).
+    shard = out / "train" / "shard-000000.tar"
+    records = list(iter_records(str(shard)))
+    dropped = records[0]["__key__"]
+    kept = [{k: v for k, v in r.items() if k == "__key__" or isinstance(v, bytes)} for r in records[1:]]
+    shard.unlink()
+    from tolclip.shards import TarShard
+
+    writer = TarShard(shard)
+    for r in kept:
+        writer.write(r)
+    writer.close()
+    problems = check(out)
+    assert len(problems) == 1 and problems[0].startswith("train/shard-000000.tar: 1 catalog sample(s) missing")
+    assert dropped in problems[0]
+    # A shard the catalog names but that is gone.
+    (out / "val" / "shard-000000.tar").unlink()
+    assert any(p == f"val/shard-000000.tar: in catalog.csv ({sum(1 for r in _read(out / 'catalog.csv') if r['split'] == 'val')} samples) but missing"
+               for p in check(out))
+
+
 def test_cli_bad_config_is_one_line(tmp_path: Path) -> None:
     exe = Path(sys.executable).parent / "tolclip-build-shards"
     cmd = [str(exe), f"build.out_dir={tmp_path / 'o'}", "build.sources=[{kind: nope, root: x}]",
@@ -286,6 +311,39 @@ def test_shared_sources_subset(tmp_path: Path) -> None:
     assert [elephant[r] for r in RANKS][-2:] == ["Loxodonta", "africana"]
     assert stats["per_kingdom"].keys() >= {"Animalia", "Plantae", "Fungi"}
     assert check(out) == []
+
+
+@pytest.mark.shared_data
+@pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data not present (only in the dev/CI checkout)")
+def test_labels_short_of_seven_ranks_are_reported(tmp_path: Path) -> None:
+    # Tiny ImageNet as labelled: a species (goldfish), a genus only (baboon -> Papio), an order only
+    # (scorpion -> Scorpiones), and a species whose NCBI lineage has no class (American alligator).
+    tiny = SHARED / "sources" / "tiny-imagenet-organisms" / "train"
+    rows = [("n01443537", "Carassius auratus", ""), ("n02486410", "Papio", ""), ("n01770393", "", "Scorpiones"),
+            ("n01698640", "Alligator mississippiensis", "")]
+    manifest = tmp_path / "manifest.csv"
+    with manifest.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["path", "scientific_name", "order"])
+        for wnid, name, order in rows:
+            for f in sorted((tiny / wnid).glob("*.JPEG"))[:2]:
+                w.writerow([str(f), name, order])
+    out = tmp_path / "out"
+    stats = build({"out_dir": str(out), "sources": [{"kind": "manifest", "source": "tiny", "table_path": str(manifest)}],
+                   "resize": {"mode": "squash", "size": 32}, "workers": 1, "progress": False})
+    catalog = _read(out / "catalog.csv")
+    assert len(catalog) == 8
+    # Only the goldfish has seven ranks; baboon and scorpion are complete down to where their labels stop,
+    # the alligator is not (no class), so 2 + 4 of 8 images are complete to their lowest rank.
+    assert stats["fraction_all_seven_ranks"] == 2 / 8
+    assert stats["fraction_complete_to_lowest_rank"] == 6 / 8
+    # Every label short of seven ranks is named in the resolution report with its outcome.
+    report = _read(out / "resolution_report.csv")
+    short = {tuple(r[x] for x in RANKS) for r in catalog if not all(r[x] for x in RANKS)}
+    named = {tuple(r[x] for x in RANKS): r for r in report}
+    assert len(short) == 3 and all(named[lin]["status"] == "partial" for lin in short)
+    assert {named[lin]["rank"] for lin in short} == {"genus", "order", "species"}
+    assert "class" in next(named[lin]["note"] for lin in short if lin[-1] == "mississippiensis")
 
 
 @pytest.mark.shared_data

@@ -51,7 +51,7 @@ from tolclip.dedup import (
 )
 from tolclip.images import DEFAULT_MAX_PIXELS, ImageError, encode, load_image, resize
 from tolclip.resolve import Resolver, TableBackend, TaxoniqBackend
-from tolclip.shards import Sample, decode_taxon, write_shards
+from tolclip.shards import Sample, decode_taxon, has_tar_end, write_shards
 from tolclip.sources import IMAGE_EXTENSIONS, SourceRecord, open_source, read_table
 from tolclip.taxonomy import RANKS, Taxon, clean_name
 
@@ -277,13 +277,16 @@ class Checkpoint:
                 if row.get("ok") and row["offset"] + row["length"] > size:
                     continue
                 self.done[row["key"]] = row
+        self._pending: list[str] = []
 
     def __enter__(self) -> Checkpoint:
         self._jsonl = self.jsonl.open("a", encoding="utf-8")
         self._spool = self.spool.open("ab")
+        self._end = self._spool.seek(0, os.SEEK_END)
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.flush()
         self._jsonl.close()
         self._spool.close()
 
@@ -291,21 +294,24 @@ class Checkpoint:
         row = dict(result)
         if row.get("ok"):
             jpeg = row.pop("jpeg")
-            self._spool.seek(0, os.SEEK_END)
-            row["offset"], row["length"] = self._spool.tell(), len(jpeg)
+            row["offset"], row["length"] = self._end, len(jpeg)
             self._spool.write(jpeg)
-            self._spool.flush()  # bytes first: a checkpoint line never points past the spool's end
-        self._jsonl.write(json.dumps(row) + "\n")
-        self._jsonl.flush()
+            self._end += len(jpeg)
+        self._pending.append(json.dumps(row))
         self.done[row["key"]] = row
+        if len(self._pending) >= self.FLUSH_EVERY:
+            self.flush()
 
-    def read(self, row: dict[str, Any]) -> bytes:
-        with self.spool.open("rb") as fh:
-            fh.seek(row["offset"])
-            return fh.read(row["length"])
+    # Flushing per image cost as much as hashing it; a crash loses at most this many results.
+    FLUSH_EVERY = 64
 
-
-# --------------------------------------------------------------------------------------------- dedup
+    def flush(self) -> None:
+        """Spool bytes first, then their lines: a checkpoint line never points past the spool's end."""
+        self._spool.flush()
+        if self._pending:
+            self._jsonl.write("\n".join(self._pending) + "\n")
+            self._pending.clear()
+        self._jsonl.flush()
 
 
 # ------------------------------------------------------------------------------------------- helpers
@@ -370,6 +376,31 @@ def write_one_shard(samples: list[Sample], final: Path) -> None:
         if len(written) != 1:
             raise RuntimeError(f"expected one shard for {final}, got {len(written)}")
         os.replace(written[0], final)
+
+
+ShardJob = tuple[str, str, list[tuple[str, int, int, Taxon, str, str]]]
+
+
+def _write_shard_job(job: ShardJob) -> tuple[str, int]:
+    """Write one planned shard from the spool (runs in a worker): (path, samples written)."""
+    final, spool, members = job
+    with open(spool, "rb") as fh:
+        samples = []
+        for key, offset, length, taxon, source, source_id in members:
+            fh.seek(offset)
+            samples.append(Sample(key, fh.read(length), taxon, source, source_id))
+    write_one_shard(samples, Path(final))
+    return final, len(members)
+
+
+def _map_shards(jobs: list[ShardJob], workers: int) -> Iterator[tuple[str, int]]:
+    if workers <= 1 or len(jobs) < 2:
+        yield from map(_write_shard_job, jobs)
+        return
+    ctx = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+    with ctx.Pool(min(workers, len(jobs))) as pool:
+        # Shards are independent files; each is recorded in progress.json as soon as it is complete.
+        yield from pool.imap_unordered(_write_shard_job, jobs)
 
 
 # --------------------------------------------------------------------------------------------- build
@@ -518,14 +549,14 @@ def build(config: dict[str, Any] | BuildConfig) -> dict[str, Any]:
             # Leftovers of a shard write that was interrupted.
             for stale in (out / split_dir).glob(".tmp-*"):
                 shutil.rmtree(stale, ignore_errors=True)
-        for rel, members in _track(plans, len(plans), "shards", cfg.progress):
-            final = out / rel
-            if progress["shards"].get(rel) == len(members) and final.exists():
-                continue
-            samples = [Sample(e.key, checkpoint.read(checkpoint.done[e.key]), e.taxon, e.source, e.source_id)
-                       for e in members]
-            write_one_shard(samples, final)
-            progress["shards"][rel] = len(members)
+        checkpoint.flush()
+        jobs = [(str(out / rel), str(checkpoint.spool),
+                 [(e.key, checkpoint.done[e.key]["offset"], checkpoint.done[e.key]["length"], e.taxon, e.source,
+                   e.source_id) for e in members])
+                for rel, members in plans
+                if not (progress["shards"].get(rel) == len(members) and (out / rel).exists())]
+        for path, count in _track(_map_shards(jobs, cfg.workers), len(jobs), "shards", cfg.progress):
+            progress["shards"][Path(path).relative_to(out).as_posix()] = count
             progress_path.write_text(json.dumps(progress, indent=1))
 
     # catalog, reports, stats -------------------------------------------------------------------------
@@ -562,8 +593,15 @@ def _write_catalog(out: Path, rows: list[dict[str, Any]]) -> None:
 
 def _taxa_per_rank(rows: list[dict[str, Any]]) -> dict[str, int]:
     # A taxon at a rank is its lineage down to that rank (two genera "Morus" in different families differ).
-    return {rank: len({tuple(r[x] for x in RANKS[: i + 1]) for r in rows if r[rank]})
-            for i, rank in enumerate(RANKS)}
+    lineages = Counter(tuple(r[x] for x in RANKS) for r in rows)
+    return {rank: len({lin[: i + 1] for lin in lineages if lin[i]}) for i, rank in enumerate(RANKS)}
+
+
+def _complete_to_lowest_rank(row: dict[str, Any]) -> bool:
+    """No gap above the lowest rank the label reaches (a label that stops at genus can be complete)."""
+    values = [row[x] for x in RANKS]
+    depth = max((i for i, v in enumerate(values) if v), default=-1)
+    return depth >= 0 and all(values[: depth + 1])
 
 
 def _statistics(catalog: list[dict[str, Any]], entries: list[Entry], skipped: Outcome, excluded: Outcome,
@@ -576,7 +614,8 @@ def _statistics(catalog: list[dict[str, Any]], entries: list[Entry], skipped: Ou
 
     def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
         return {"images": len(rows), "taxa": _taxa_per_rank(rows),
-                "all_seven_ranks": sum(all(r[x] for x in RANKS) for r in rows)}
+                "all_seven_ranks": sum(all(r[x] for x in RANKS) for r in rows),
+                "complete_to_lowest_rank": sum(map(_complete_to_lowest_rank, rows))}
 
     n = len(catalog)
     return {
@@ -587,6 +626,9 @@ def _statistics(catalog: list[dict[str, Any]], entries: list[Entry], skipped: Ou
         "skipped_by_stage": dict(Counter(r["stage"] for r in skipped.rows)),
         "excluded_by_stage": dict(Counter(r["stage"] for r in excluded.rows)),
         "fraction_all_seven_ranks": sum(all(r[x] for x in RANKS) for r in catalog) / n if n else 0.0,
+        # Labels that stop above species (a source that says only "Papio") cannot reach seven ranks;
+        # this counts images whose lineage has no gap down to where their label stops.
+        "fraction_complete_to_lowest_rank": sum(map(_complete_to_lowest_rank, catalog)) / n if n else 0.0,
         "taxa": _taxa_per_rank(catalog),
         "per_source": {k: summary(v) for k, v in sorted(groups["source"].items())},
         "per_split": {k: summary(v) for k, v in sorted(groups["split"].items())},
@@ -600,15 +642,23 @@ def _statistics(catalog: list[dict[str, Any]], entries: list[Entry], skipped: Ou
 
 
 def check(directory: str | os.PathLike) -> list[str]:
-    """Problems found in every `shard-*.tar` under `directory` ([] when all samples decode)."""
+    """Problems found in every `shard-*.tar` under `directory` ([] when all samples decode).
+
+    When the folder holds a build's `catalog.csv`, the shards must also hold exactly the keys the
+    catalog puts in them (no sample lost, none extra).
+    """
     root = Path(directory)
     shards = sorted(root.rglob("shard-*.tar"))
     if not shards:
         return [f"{root}: no shard-*.tar files"]
     problems: list[str] = []
+    found: dict[str, set[str]] = {}
     for shard in shards:
         name = shard.relative_to(root).as_posix()
         samples: dict[str, dict[str, bytes]] = defaultdict(dict)
+        found[name] = set()
+        if not has_tar_end(shard):
+            problems.append(f"{name}: truncated shard (no end-of-archive marker)")
         try:
             with tarfile.open(shard) as tar:
                 for member in tar:
@@ -620,6 +670,7 @@ def check(directory: str | os.PathLike) -> list[str]:
         except (tarfile.TarError, OSError, EOFError) as err:
             problems.append(f"{name}: unreadable shard ({err.__class__.__name__}: {err})")
             continue
+        found[name] = set(samples)
         if not samples:
             problems.append(f"{name}: empty shard")
         for key, files in samples.items():
@@ -640,6 +691,31 @@ def check(directory: str | os.PathLike) -> list[str]:
                     continue
                 if not any(taxon.ranks):
                     problems.append(f"{name} {key}: taxon.json has no rank")
+    if (root / "catalog.csv").is_file():
+        problems += _check_against_catalog(root / "catalog.csv", found)
+    return problems
+
+
+def _check_against_catalog(catalog: Path, found: dict[str, set[str]]) -> list[str]:
+    expected: dict[str, set[str]] = defaultdict(set)
+    with catalog.open(newline="", encoding="utf-8") as fh:
+        for row in csv.DictReader(fh):
+            expected[row["shard"]].add(row["key"])
+            if row.get("train_small") == "True":
+                expected["train_small/"].add(row["key"])
+    # train_small shards are re-cut from the train keys, so they are compared as one set.
+    got = {name: keys for name, keys in found.items() if not name.startswith("train_small/")}
+    small = set().union(*(k for n, k in found.items() if n.startswith("train_small/")))
+    if small or expected.get("train_small/"):
+        got["train_small/"] = small
+    problems = []
+    for name in sorted(set(expected) | set(got)):
+        want, have = expected.get(name, set()), got.get(name)
+        if have is None:
+            problems.append(f"{name}: in catalog.csv ({len(want)} samples) but missing")
+        elif want != have:
+            problems.append(f"{name}: {len(want - have)} catalog sample(s) missing (e.g. {sorted(want - have)[:2]}), "
+                            f"{len(have - want)} not in catalog.csv (e.g. {sorted(have - want)[:2]})")
     return problems
 
 
@@ -670,7 +746,8 @@ def _hydra_main() -> None:
             print(f"tolclip-build-shards: error: {err}", file=sys.stderr)
             sys.exit(2)
         print(json.dumps({k: stats[k] for k in ("inputs", "images", "skipped", "excluded",
-                                                 "fraction_all_seven_ranks", "shard_sets")}, indent=1))
+                                                 "fraction_all_seven_ranks",
+                                                 "fraction_complete_to_lowest_rank", "shard_sets")}, indent=1))
         print(f"wrote {build_cfg['out_dir']}")
 
     run()

@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from torchvision import transforms as T
 
 from tolclip.captions import CAPTION_FILES, MIXED, TEXT_TYPES, caption, check_text_type
-from tolclip.shards import IMAGE_FILE, TAXON_FILE, decode_taxon
+from tolclip.shards import IMAGE_FILE, TAXON_FILE, decode_taxon, has_tar_end
 from tolclip.taxonomy import Taxon
 from tolclip.tokenizer import get_tokenizer
 
@@ -74,20 +74,6 @@ def _worker_info() -> tuple[int, int, int, int]:
 
 class _BadSample(Exception):
     pass
-
-
-def has_tar_end(path: str) -> bool:
-    """Whether a local tar ends with its end-of-archive marker (two zero blocks).
-
-    Python's tarfile reads a tar cut at a member boundary as if it ended there, so without this
-    check the samples after the cut would vanish without a trace.
-    """
-    with open(path, "rb") as fh:
-        fh.seek(0, os.SEEK_END)
-        if fh.tell() < 1024:
-            return False
-        fh.seek(-1024, os.SEEK_END)
-        return not any(fh.read(1024))
 
 
 def train_transform(image_size: int, scale: tuple[float, float] = (0.9, 1.0)) -> Callable:
