@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install build-shards train eval test test-fast lint format sweep-text-types bench bench-train bench-shards clean
+.PHONY: help install build-shards train eval eval-suite random-openclip test test-fast lint format sweep-text-types bench bench-train bench-shards bench-eval clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -23,6 +23,18 @@ train: $(STAMP) ## generate the synthetic tree of life, train the tiny CLIP, pri
 
 eval: $(STAMP) ## zero-shot at every rank for a checkpoint: make eval ARGS="ckpt_path=logs/train/runs/<time>/checkpoints/last.ckpt"
 	$(PY) -m tolclip.eval $(ARGS)
+
+RANDOM_OPENCLIP := data/checkpoints/random-openclip-vit-b16
+SUITE_MODELS ?= trained,random_openclip_b16
+SUITE_TASKS ?= shared_butterflies,shared_tiny_imagenet,shared_mushrooms
+
+eval-suite: $(STAMP) random-openclip ## benchmark table: models x tasks (zero-shot, 1/5-shot, linear probe, ranks, t-SNE); SUITE_MODELS= SUITE_TASKS=
+	rm -rf logs/eval-suite
+	$(PY) -m tolclip.suite -m eval/model=$(SUITE_MODELS) eval/task=$(SUITE_TASKS) hydra.sweep.dir=logs/eval-suite $(ARGS)
+	$(PY) -m tolclip.report --suite logs/eval-suite --wandb
+
+random-openclip: $(STAMP) ## write a random open_clip ViT-B/16 release folder (the suite's no-skill reference)
+	$(PY) scripts/make_random_openclip.py $(RANDOM_OPENCLIP)
 
 build-shards: $(STAMP) ## build one shard set from all of ../shared/data/sources into data/shared_sources (ARGS= for overrides)
 	$(VENV)/bin/tolclip-build-shards --config-name build/shared_sources $(ARGS)
@@ -44,7 +56,7 @@ sweep-text-types: $(STAMP) ## text-type ablation: train on each text type (Hydra
 	$(PY) -m tolclip.train -m 'experiment=glob(text_*)' logger=csv hydra.sweep.dir=logs/sweep-text-types $(ARGS)
 	$(PY) -m tolclip.report logs/sweep-text-types
 
-bench: bench-train bench-shards ## all benchmarks
+bench: bench-train bench-shards bench-eval ## all benchmarks
 
 bench-train: $(STAMP) ## training samples/s: tolclip vs open_clip at identical sizes (caption-length and full-context tokens)
 	$(PY) scripts/bench_train.py $(ARGS)
@@ -53,5 +65,8 @@ bench-train: $(STAMP) ## training samples/s: tolclip vs open_clip at identical s
 bench-shards: $(STAMP) ## shard builder images/s vs Pillow-only decode/resize/encode, per worker count
 	$(PY) scripts/bench_shards.py $(ARGS)
 
+bench-eval: $(STAMP) random-openclip ## feature extraction images/s: tolclip vs open_clip on the same checkpoint and images
+	$(PY) scripts/bench_eval.py $(ARGS)
+
 clean: ## remove generated data and logs (keeps .venv)
-	rm -rf data logs/train logs/sweep-text-types outputs multirun
+	rm -rf data logs/train logs/sweep-text-types logs/eval-suite .cache outputs multirun

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from tolclip.shards import write_shards
 
@@ -20,3 +21,12 @@ def small_shards(tmp_path: Path) -> Path:
     write_shards(make_samples(40), tmp_path / "train", max_count=10)
     write_shards(make_samples(12, prefix="v"), tmp_path / "val", max_count=100)
     return tmp_path
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """Tiny models on a shared 2-core machine: intra-op threading only adds sync waits."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -291,7 +291,12 @@ def test_shared_sources_subset(tmp_path: Path) -> None:
     catalog, skipped, excluded = (_read(out / f) for f in ("catalog.csv", "skipped.csv", "excluded.csv"))
     assert len(catalog) + len(skipped) + len(excluded) == stats["inputs"]
     assert set(stats["per_source"]) == {"butterflies", "tiny_imagenet", "plant_seedlings", "mushrooms_train",
-                                        "mushrooms_val", "mushrooms_test", "camera_trap_edge"}
+                                        "mushrooms_val", "camera_trap_edge"}
+    # The suite's evaluation splits are held out: listed as not selected, not as failures.
+    held_out = [r for r in skipped if r["stage"] == "not_selected"]
+    assert {r["source_id"].split("/")[0] for r in held_out} == {"test", "val"}
+    assert stats["not_selected"] == len(held_out) == 500 + 3000
+    assert stats["skipped"] == len(skipped) - len(held_out)
     cam = {r["source_id"]: r for r in skipped + excluded if r["source"] == "camera_trap_edge"}
     assert (cam["african_elephants_truncated_file.jpg"]["stage"],
             cam["african_elephants_truncated_file.jpg"]["reason"]) == ("image", "truncated")

@@ -199,7 +199,7 @@ def test_image_folder_split_detection(tmp_path: Path) -> None:
     assert {r.label for r in auto} == {"train", "test", "extra"} and {r.split for r in auto} == {""}
     explicit, problems = image_folder(root, splits=["train", "test"]).collect()
     assert {r.label for r in explicit} == {"cat", "dog", "owl"}
-    assert Problem("extra/fox/e.jpg", "folder not in splits ['train', 'test']") in problems
+    assert Problem("extra/fox/e.jpg", "not selected: folder not in splits ['train', 'test']") in problems
     assert Problem("names.csv", "file outside any label folder") in problems  # not passed as names_table
 
 

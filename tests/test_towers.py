@@ -47,13 +47,7 @@ def make_tokens(lengths: list[int], context: int = 16, seed: int = 0) -> torch.T
     return tokens
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """These models are tiny: with a busy 2-core machine, intra-op threading only adds sync waits."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")

@@ -52,7 +52,7 @@ from tolclip.dedup import (
 from tolclip.images import DEFAULT_MAX_PIXELS, ImageError, encode, load_image, resize
 from tolclip.resolve import Resolver, TableBackend, TaxoniqBackend
 from tolclip.shards import Sample, decode_taxon, has_tar_end, write_shards
-from tolclip.sources import IMAGE_EXTENSIONS, SourceRecord, open_source, read_table
+from tolclip.sources import IMAGE_EXTENSIONS, NOT_SELECTED, SourceRecord, open_source, read_table
 from tolclip.taxonomy import RANKS, Taxon, clean_name
 
 log = logging.getLogger(__name__)
@@ -467,7 +467,7 @@ def build(config: dict[str, Any] | BuildConfig) -> dict[str, Any]:
         for problem in scan.problems:
             e = Entry(make_key(scan.source, f"problem:{problem.item}"), scan.source, problem.item)
             entries.append(e)
-            skipped.add(e, "scan", problem.reason)
+            skipped.add(e, "not_selected" if problem.reason.startswith(NOT_SELECTED) else "scan", problem.reason)
     keys = [e.key for e in entries]
     if len(set(keys)) != len(keys):
         dup = [k for k, c in Counter(keys).items() if c > 1][:3]
@@ -621,7 +621,9 @@ def _statistics(catalog: list[dict[str, Any]], entries: list[Entry], skipped: Ou
     return {
         "inputs": len(entries),
         "images": n,
-        "skipped": len(skipped.rows),
+        # Files of splits the config left out are listed in skipped.csv but are not failures.
+        "skipped": sum(r["stage"] != "not_selected" for r in skipped.rows),
+        "not_selected": sum(r["stage"] == "not_selected" for r in skipped.rows),
         "excluded": len(excluded.rows),
         "skipped_by_stage": dict(Counter(r["stage"] for r in skipped.rows)),
         "excluded_by_stage": dict(Counter(r["stage"] for r in excluded.rows)),
@@ -745,7 +747,7 @@ def _hydra_main() -> None:
         except (BuildError, FileNotFoundError, ValueError) as err:
             print(f"tolclip-build-shards: error: {err}", file=sys.stderr)
             sys.exit(2)
-        print(json.dumps({k: stats[k] for k in ("inputs", "images", "skipped", "excluded",
+        print(json.dumps({k: stats[k] for k in ("inputs", "images", "skipped", "not_selected", "excluded",
                                                  "fraction_all_seven_ranks",
                                                  "fraction_complete_to_lowest_rank", "shard_sets")}, indent=1))
         print(f"wrote {build_cfg['out_dir']}")

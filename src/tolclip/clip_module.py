@@ -27,7 +27,60 @@ def warmup_cosine(warmup_steps: int, total_steps: int, min_ratio: float = 0.0):
     return factor
 
 
-class CLIPLitModule(L.LightningModule):
+class ScheduledModule(L.LightningModule):
+    """What every tolclip training module shares: epoch seeding, counted skips, AdamW + warmup-cosine.
+
+    Needs `self.net.param_groups(weight_decay)` and `optimizer` / `scheduler` hyperparameters.
+    """
+
+    def _skipped_here(self) -> int:
+        dm = getattr(self.trainer, "datamodule", None)
+        return int(getattr(dm, "skipped_samples", 0))
+
+    def on_train_epoch_start(self) -> None:
+        # Resampling and augmentation seeds follow the epoch, so a resumed run replays it exactly.
+        dm = getattr(self.trainer, "datamodule", None)
+        if hasattr(dm, "set_epoch"):
+            dm.set_epoch(self.trainer.fit_loop.epoch_progress.current.processed)
+
+    def total_steps(self) -> int:
+        """Optimiser steps in the whole run, for the schedule.
+
+        Taken from the DataModule's declared epoch length when it has one: asking the trainer
+        (`estimated_stepping_batches`) would build the train loader before a resumed checkpoint's
+        epoch is restored, and the first resumed epoch would replay epoch 0's data.
+        """
+        trainer = self.trainer
+        per_epoch = getattr(trainer.datamodule, "train_batches_per_epoch", lambda: None)()
+        if per_epoch is None or trainer.max_epochs is None or trainer.max_epochs < 0:
+            total = trainer.estimated_stepping_batches
+            if not math.isfinite(total) or total <= 0:
+                raise ValueError(
+                    "the run length is unknown (a finite shard stream has no length): set trainer.max_steps, "
+                    "or use data.resampled=true with data.epoch_samples"
+                )
+            return int(total)
+        total = trainer.max_epochs * math.ceil(per_epoch / trainer.accumulate_grad_batches)
+        return min(total, trainer.max_steps) if trainer.max_steps > 0 else total
+
+    def configure_optimizers(self):
+        opt = dict(self.hparams.optimizer)
+        # No decay on biases, norms, logit scale and embeddings: the net knows which those are.
+        optimizer = torch.optim.AdamW(
+            self.net.param_groups(opt.pop("weight_decay", 0.0)),
+            lr=opt.pop("lr"),
+            betas=tuple(opt.pop("betas", (0.9, 0.98))),
+            eps=opt.pop("eps", 1e-6),
+            **opt,
+        )
+        sched = dict(self.hparams.scheduler)
+        total = self.total_steps()
+        factor = warmup_cosine(int(sched.get("warmup_steps", 0)), total, float(sched.get("min_lr_ratio", 0.0)))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+class CLIPLitModule(ScheduledModule):
     """Trains a CLIP net with the CLIP loss.
 
     `mixed_per` decides how the `mixed` text type is drawn when the batch carries all five captions
@@ -82,16 +135,6 @@ class CLIPLitModule(L.LightningModule):
         self.log("train/logit_scale", logit_scale.detach(), batch_size=bs)
         return loss
 
-    def _skipped_here(self) -> int:
-        dm = getattr(self.trainer, "datamodule", None)
-        return int(getattr(dm, "skipped_samples", 0))
-
-    def on_train_epoch_start(self) -> None:
-        # Resampling and augmentation seeds follow the epoch, so a resumed run replays it exactly.
-        dm = getattr(self.trainer, "datamodule", None)
-        if hasattr(dm, "set_epoch"):
-            dm.set_epoch(self.trainer.fit_loop.epoch_progress.current.processed)
-
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         # Keep exp(logit_scale) <= max (100), as CLIP does, after every optimiser step.
         self.net.clamp_logit_scale_()
@@ -110,38 +153,3 @@ class CLIPLitModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.skipped_total = int(checkpoint.get("skipped_samples", 0))
 
-    def total_steps(self) -> int:
-        """Optimiser steps in the whole run, for the schedule.
-
-        Taken from the DataModule's declared epoch length when it has one: asking the trainer
-        (`estimated_stepping_batches`) would build the train loader before a resumed checkpoint's
-        epoch is restored, and the first resumed epoch would replay epoch 0's data.
-        """
-        trainer = self.trainer
-        per_epoch = getattr(trainer.datamodule, "train_batches_per_epoch", lambda: None)()
-        if per_epoch is None or trainer.max_epochs is None or trainer.max_epochs < 0:
-            total = trainer.estimated_stepping_batches
-            if not math.isfinite(total) or total <= 0:
-                raise ValueError(
-                    "the run length is unknown (a finite shard stream has no length): set trainer.max_steps, "
-                    "or use data.resampled=true with data.epoch_samples"
-                )
-            return int(total)
-        total = trainer.max_epochs * math.ceil(per_epoch / trainer.accumulate_grad_batches)
-        return min(total, trainer.max_steps) if trainer.max_steps > 0 else total
-
-    def configure_optimizers(self):
-        opt = dict(self.hparams.optimizer)
-        # No decay on biases, norms, logit scale and embeddings: the net knows which those are.
-        optimizer = torch.optim.AdamW(
-            self.net.param_groups(opt.pop("weight_decay", 0.0)),
-            lr=opt.pop("lr"),
-            betas=tuple(opt.pop("betas", (0.9, 0.98))),
-            eps=opt.pop("eps", 1e-6),
-            **opt,
-        )
-        sched = dict(self.hparams.scheduler)
-        total = self.total_steps()
-        factor = warmup_cosine(int(sched.get("warmup_steps", 0)), total, float(sched.get("min_lr_ratio", 0.0)))
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

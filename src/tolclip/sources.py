@@ -53,6 +53,11 @@ class SourceRecord:
     split: str = ""
 
 
+# The reason prefix of a file left out on purpose (a split the config did not ask for): listed, as
+# every file is, but not a failure.
+NOT_SELECTED = "not selected"
+
+
 class Problem(NamedTuple):
     """A file or row that did not become a record, and why."""
 
@@ -206,7 +211,7 @@ def _labelled_files(
             if d.name not in split_names:
                 for f in _walk(d, problems, root):
                     problems.append(
-                        Problem(f.relative_to(root).as_posix(), f"folder not in splits {split_names}")
+                        Problem(f.relative_to(root).as_posix(), f"{NOT_SELECTED}: folder not in splits {split_names}")
                     )
     for split, level in level_dirs:
         for label_dir in _subdirs(level):

@@ -258,7 +258,43 @@ def _as_kwargs(cfg: Mapping[str, Any], embed_dim: int, what: str) -> dict[str, A
     return kw
 
 
-class CLIP(nn.Module):
+class WeightDecayRule:
+    """The optimiser's weight-decay split, shared by every model with our image tower (CLIP, supervised)."""
+
+    def no_weight_decay_names(self, include_embeddings: bool = True) -> set[str]:
+        """Names of parameters that should not be weight-decayed.
+
+        Always: every parameter with ndim < 2 (biases, LayerNorm weights, ``logit_scale``). With
+        ``include_embeddings`` (default): also class token, positional embeddings and the token embedding.
+        ``include_embeddings=False`` reproduces open_clip's training rule (``ndim < 2`` / ln / bias /
+        logit_scale; there the 1-D class embedding is excluded, but the 2-D positional and token
+        embeddings are decayed) -- use it to match BioCLIP's recipe exactly.
+        """
+        # timm stores the class token as [1, 1, width]; it is open_clip's 1-D class_embedding, never decayed.
+        names = {"visual.trunk.cls_token"}
+        if include_embeddings:
+            names |= {
+                "visual.trunk.pos_embed",
+                "text.transformer.embeddings.position_embedding.weight",
+                "text.transformer.embeddings.token_embedding.weight",
+            }
+        names |= {name for name, p in self.named_parameters() if p.ndim < 2}
+        return names
+
+    def param_groups(self, weight_decay: float, include_embeddings: bool = True) -> list[dict[str, Any]]:
+        """Two optimizer param groups (decayed / not decayed) by :meth:`no_weight_decay_names`."""
+        no_wd = self.no_weight_decay_names(include_embeddings)
+        decay, no_decay = [], []
+        for name, p in self.named_parameters():
+            if p.requires_grad:
+                (no_decay if name in no_wd else decay).append(p)
+        return [
+            {"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+
+
+class CLIP(WeightDecayRule, nn.Module):
     """Two-tower CLIP with a learnable log-space temperature (open_clip semantics)."""
 
     def __init__(
@@ -300,35 +336,3 @@ class CLIP(nn.Module):
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.visual.set_grad_checkpointing(enable)
         self.text.set_grad_checkpointing(enable)
-
-    def no_weight_decay_names(self, include_embeddings: bool = True) -> set[str]:
-        """Names of parameters that should not be weight-decayed.
-
-        Always: every parameter with ndim < 2 (biases, LayerNorm weights, ``logit_scale``). With
-        ``include_embeddings`` (default): also class token, positional embeddings and the token embedding.
-        ``include_embeddings=False`` reproduces open_clip's training rule (``ndim < 2`` / ln / bias /
-        logit_scale; there the 1-D class embedding is excluded, but the 2-D positional and token
-        embeddings are decayed) -- use it to match BioCLIP's recipe exactly.
-        """
-        # timm stores the class token as [1, 1, width]; it is open_clip's 1-D class_embedding, never decayed.
-        names = {"visual.trunk.cls_token"}
-        if include_embeddings:
-            names |= {
-                "visual.trunk.pos_embed",
-                "text.transformer.embeddings.position_embedding.weight",
-                "text.transformer.embeddings.token_embedding.weight",
-            }
-        names |= {name for name, p in self.named_parameters() if p.ndim < 2}
-        return names
-
-    def param_groups(self, weight_decay: float, include_embeddings: bool = True) -> list[dict[str, Any]]:
-        """Two optimizer param groups (decayed / not decayed) by :meth:`no_weight_decay_names`."""
-        no_wd = self.no_weight_decay_names(include_embeddings)
-        decay, no_decay = [], []
-        for name, p in self.named_parameters():
-            if p.requires_grad:
-                (no_decay if name in no_wd else decay).append(p)
-        return [
-            {"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ]
