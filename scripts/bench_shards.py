@@ -134,7 +134,7 @@ def pick_images(root: Path, names: Path | None, n: int) -> list[tuple[str, str]]
     out = []
     for f in files:
         name = species.get(f.parent.name, "") or PLACEHOLDER_SPECIES
-        out.append((str(f), name))
+        out.append((str(f.resolve()), name))  # the manifest sits in a temp folder
     return out
 
 

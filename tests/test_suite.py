@@ -218,7 +218,8 @@ def test_make_eval_suite_multirun_writes_the_table(trained_run: Path, tmp_path: 
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("zero-shot top-1") == 4
-    text = write_suite(sweep)
+    text = write_suite(sweep, use_wandb=True)  # WANDB_MODE=offline (conftest): a local run
+    assert list((sweep / "wandb").glob("offline-run-*/run-*.wandb"))
     assert (sweep / "suite_table.md").read_text().strip() == text.strip()
     results = [json.loads(p.read_text()) for p in sweep.rglob("results.json")]
     header, body = suite_table(results, "1-shot")
@@ -229,3 +230,12 @@ def test_make_eval_suite_multirun_writes_the_table(trained_run: Path, tmp_path: 
     assert all(row[1] == "-" and row[2] != "-" and row[3] == row[2] for row in body)
     assert len(list(sweep.rglob("tsne_species.png"))) == 4
     assert (sweep / "suite_table.csv").read_text().count("\n") == 1 + 4 * 4 - 2  # no butterflies 5-shot
+
+
+def test_missing_benchmark_is_one_line_not_a_trace(tmp_path: Path) -> None:
+    cmd = [sys.executable, "-m", "tolclip.suite", "eval/task=birds525", "eval/model=random_openclip_b16",
+           f"benchmark_dir={tmp_path / 'nowhere'}", f"paths.data_dir={tmp_path}", f"hydra.run.dir={tmp_path / 'run'}"]
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1].startswith("tolclip-eval-suite: error:")
+    assert "Traceback" not in done.stderr

@@ -243,3 +243,26 @@ def test_experiment_trains_on_the_embedded_synthetic_data(tmp_path):
     assert ("seen", "species") in sets and ("unseen", "genus") in sets
     assert ("unseen", "species") not in sets  # unseen species are not among the classes
     assert (tmp_path / "run" / "checkpoints" / "last.ckpt").exists()
+
+
+def test_the_benchmark_suite_evaluates_the_supervised_baseline(trained, tmp_path):
+    """`eval/model=supervised`: image features only, so few-shot and linear probe but no zero-shot."""
+    from tolclip.features import FeatureCache
+    from tolclip.suite import evaluate, load_eval_model
+    from tolclip.tasks import Task
+
+    model = load_eval_model({"kind": "supervised", "path": str(trained["run_dir"] / "checkpoints" / "last.ckpt")})
+    assert not model.has_text and model.preprocess.image_size == 32
+    paths, labels = [], []
+    for i in range(24):  # the toy species' colours, 6 images each
+        path = tmp_path / f"{i}.jpg"
+        path.write_bytes(toy_image(COLOURS[i % 4], 50_000 + i))
+        paths.append(str(path))
+        labels.append(i % 4)
+    task = Task("toy", "asis", paths, labels, list(TAXA), [t.scientific_name for t in TAXA])
+    cfg = {"few_shot": {"ks": [1, 5], "folds": 3}, "intrinsic": {"enabled": False}}
+    result = evaluate(model, task, cfg, FeatureCache(None), tmp_path / "out")
+    assert "zero_shot" not in result and result["features"] == 24
+    # The classifier separates the colours, so its pre-head features do too.
+    assert result["few_shot"]["5_shot"]["mean"] > 0.5 and len(result["few_shot"]["1_shot"]["folds"]) == 3
+    assert (tmp_path / "out" / "results.json").exists()

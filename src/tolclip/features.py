@@ -79,14 +79,15 @@ def extract_image_features(
     device: str | torch.device = "cpu",
 ) -> ImageFeatures:
     """Normalised features of every readable image, in task order; unreadable ones are listed."""
+    on_gpu = torch.device(device).type == "cuda"
     loader = DataLoader(_Images(paths, transform), batch_size=batch_size, num_workers=num_workers,
-                        collate_fn=_collate, shuffle=False)
+                        collate_fn=_collate, shuffle=False, pin_memory=on_gpu)
     feats, index, failed = [], [], []
     for idx, images, bad in loader:
         failed += [f"{paths[i]}: {reason}" for i, reason in bad]
         if images is None:
             continue
-        out = encode_image(images.to(device))
+        out = encode_image(images.to(device, non_blocking=on_gpu))
         feats.append(torch.nn.functional.normalize(out.float(), dim=-1).cpu())
         index += idx
     if not feats:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +55,7 @@ class EvalModel:
     key: str  # identifies weights + architecture + preprocessing, for the feature cache
     net: torch.nn.Module | None = None  # a CLIP (has encode_text); None for image-only models
     context_length: int = 77
+    device: str = "cpu"
 
     @property
     def has_text(self) -> bool:
@@ -73,7 +75,13 @@ def latest_checkpoint(log_dir: str | Path) -> Path:
     return found[-1]
 
 
-def load_eval_model(spec: Mapping[str, Any], log_dir: str | Path = "logs") -> EvalModel:
+def pick_device(name: str = "auto") -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def load_eval_model(spec: Mapping[str, Any], log_dir: str | Path = "logs", device: str = "cpu") -> EvalModel:
     """Load a model described by an `eval/model` config: kind tolclip | open_clip | supervised."""
     spec = dict(spec)
     kind = spec.get("kind")
@@ -87,16 +95,18 @@ def load_eval_model(spec: Mapping[str, Any], log_dir: str | Path = "logs") -> Ev
         from tolclip.supervised import load_supervised
 
         module, _ = load_supervised(path)
+        module = module.to(device)
         size = int(module.hparams["net"]["vision"]["image_size"])
         pre = Preprocess(size, tuple(CLIP_MEAN), tuple(CLIP_STD))
         name = spec.get("name") or f"supervised:{Path(path).parent.parent.name}"
-        return EvalModel(name, kind, module.encode_image, pre, fingerprint(file_stamp(path), pre), None)
+        return EvalModel(name, kind, module.encode_image, pre, fingerprint(file_stamp(path), pre), None,
+                         device=device)
     loaded = load_model(spec)
-    net = loaded.net.eval()
+    net = loaded.net.eval().to(device)
     key = fingerprint(file_stamp(loaded.source), loaded.net_config, loaded.preprocess)
     context = int(loaded.net_config.get("text", {}).get("context_length", 77))
     return EvalModel(spec.get("name") or loaded.name, str(kind), net.encode_image, loaded.preprocess, key, net,
-                     context)
+                     context, device)
 
 
 # ----------------------------------------------------------------------------------------- measures
@@ -159,7 +169,7 @@ def evaluate(model: EvalModel, task: Task, cfg: Mapping[str, Any], cache: Featur
     feature_key = fingerprint(model.key, task.fingerprint())
     data = cache.get("image", feature_key, lambda: vars(extract_image_features(
         model.encode_image, model.preprocess.transform(), task.paths, int(cfg.get("batch_size", 64)),
-        int(cfg.get("num_workers", 0)))))
+        int(cfg.get("num_workers", 0)), model.device)))
     feats, index = data["features"], data["index"]
     labels = torch.tensor(task.labels)[index]
     taxa = [task.taxa[i] for i in index.tolist()]
@@ -258,8 +268,14 @@ def summary_line(result: Mapping[str, Any]) -> str:
 def main(cfg: DictConfig) -> None:
     torch.manual_seed(int(cfg.get("seed", 0)))
     suite = OmegaConf.to_container(cfg.suite, resolve=True)
-    model = load_eval_model(OmegaConf.to_container(cfg.model, resolve=True), cfg.paths.log_dir)
-    task = load_task(OmegaConf.to_container(cfg.task, resolve=True))
+    device = pick_device(str(suite.get("device", "auto")))
+    try:
+        model = load_eval_model(OmegaConf.to_container(cfg.model, resolve=True), cfg.paths.log_dir, device)
+        task = load_task(OmegaConf.to_container(cfg.task, resolve=True))
+    except (FileNotFoundError, ValueError) as err:  # TaskError is a ValueError
+        # A missing checkpoint or benchmark folder is a message, not a stack trace.
+        print(f"tolclip-eval-suite: error: {err}", file=sys.stderr)
+        sys.exit(2)
     print(describe(task))
     cache = FeatureCache(suite.get("cache_dir"))
     result = evaluate(model, task, suite, cache, Path(cfg.paths.output_dir))
