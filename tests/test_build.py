@@ -343,6 +343,14 @@ def test_labels_short_of_seven_ranks_are_reported(tmp_path: Path) -> None:
     # the alligator is not (no class), so 2 + 4 of 8 images are complete to their lowest rank.
     assert stats["fraction_all_seven_ranks"] == 2 / 8
     assert stats["fraction_complete_to_lowest_rank"] == 6 / 8
+    # min_rank=species keeps only the complete lineages; the rest are excluded with the missing ranks.
+    strict = build({"out_dir": str(tmp_path / "strict"), "min_rank": "species", "resize": {"mode": "squash", "size": 32},
+                    "sources": [{"kind": "manifest", "source": "tiny", "table_path": str(manifest)}],
+                    "workers": 1, "progress": False})
+    assert strict["images"] == 2 and strict["fraction_all_seven_ranks"] == 1.0
+    reasons = {r["reason"] for r in _read(tmp_path / "strict" / "excluded.csv")}
+    assert reasons == {"lineage lacks species (min_rank species)", "lineage lacks class (min_rank species)",
+                       "lineage lacks family, genus, species (min_rank species)"}
     # Every label short of seven ranks is named in the resolution report with its outcome.
     report = _read(out / "resolution_report.csv")
     short = {tuple(r[x] for x in RANKS) for r in catalog if not all(r[x] for x in RANKS)}

@@ -110,6 +110,7 @@ class BuildConfig:
     sources: list[dict[str, Any]]
     taxonomy: dict[str, Any] = field(default_factory=lambda: {"backend": "taxoniq"})
     exclude_species: Any = None
+    min_rank: str | None = None  # keep only images whose lineage is complete down to this rank
     eval_images: list[str] = field(default_factory=list)
     resize: dict[str, Any] = field(default_factory=lambda: {"mode": "squash", "size": 224})
     quality: int = 95
@@ -147,6 +148,8 @@ class BuildConfig:
             raise BuildError(f"splits must be non-negative percentages with a positive sum, not {c.splits}")
         if "train_small" in c.splits:
             raise BuildError("'train_small' is derived from train (train_small_fraction); not a split name")
+        if c.min_rank is not None and c.min_rank not in RANKS:
+            raise BuildError(f"min_rank must be one of {list(RANKS)} or null, not {c.min_rank!r}")
         if not 0 <= c.train_small_fraction <= 1:
             raise BuildError(f"train_small_fraction must be in [0, 1], not {c.train_small_fraction}")
         return c
@@ -493,6 +496,9 @@ def build(config: dict[str, Any] | BuildConfig) -> dict[str, Any]:
         elif (res.taxon.genus and res.taxon.species
               and f"{res.taxon.genus} {res.taxon.species}".casefold() in excluded_species):
             excluded.add(e, "species", f"excluded species {res.taxon.scientific_name}")
+        elif cfg.min_rank and not all(res.taxon.ranks[: RANKS.index(cfg.min_rank) + 1]):
+            missing = [r for r in RANKS[: RANKS.index(cfg.min_rank) + 1] if not res.taxon.rank(r)]
+            excluded.add(e, "rank", f"lineage lacks {', '.join(missing)} (min_rank {cfg.min_rank})")
         else:
             candidates.append(e)
     resolver.write_report(out / "resolution_report.csv")
