@@ -343,6 +343,7 @@ def test_labels_short_of_seven_ranks_are_reported(tmp_path: Path) -> None:
     # the alligator is not (no class), so 2 + 4 of 8 images are complete to their lowest rank.
     assert stats["fraction_all_seven_ranks"] == 2 / 8
     assert stats["fraction_complete_to_lowest_rank"] == 6 / 8
+    assert stats["fraction_all_seven_ranks_of_species_labels"] == 2 / 4  # goldfish yes, alligator no
     # min_rank=species keeps only the complete lineages; the rest are excluded with the missing ranks.
     strict = build({"out_dir": str(tmp_path / "strict"), "min_rank": "species", "resize": {"mode": "squash", "size": 32},
                     "sources": [{"kind": "manifest", "source": "tiny", "table_path": str(manifest)}],

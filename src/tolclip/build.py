@@ -628,6 +628,7 @@ def _statistics(catalog: list[dict[str, Any]], entries: list[Entry], skipped: Ou
                 "complete_to_lowest_rank": sum(map(_complete_to_lowest_rank, rows))}
 
     n = len(catalog)
+    species_rows = [r for r in catalog if r["species"]]
     return {
         "inputs": len(entries),
         "images": n,
@@ -641,6 +642,9 @@ def _statistics(catalog: list[dict[str, Any]], entries: list[Entry], skipped: Ou
         # Labels that stop above species (a source that says only "Papio") cannot reach seven ranks;
         # this counts images whose lineage has no gap down to where their label stops.
         "fraction_complete_to_lowest_rank": sum(map(_complete_to_lowest_rank, catalog)) / n if n else 0.0,
+        # Of the images labelled down to species, how many the backbone completed to all seven ranks.
+        "fraction_all_seven_ranks_of_species_labels": (
+            sum(all(r[x] for x in RANKS) for r in species_rows) / len(species_rows) if species_rows else 0.0),
         "taxa": _taxa_per_rank(catalog),
         "per_source": {k: summary(v) for k, v in sorted(groups["source"].items())},
         "per_split": {k: summary(v) for k, v in sorted(groups["split"].items())},
@@ -759,7 +763,8 @@ def _hydra_main() -> None:
             sys.exit(2)
         print(json.dumps({k: stats[k] for k in ("inputs", "images", "skipped", "not_selected", "excluded",
                                                  "fraction_all_seven_ranks",
-                                                 "fraction_complete_to_lowest_rank", "shard_sets")}, indent=1))
+                                                 "fraction_complete_to_lowest_rank",
+                                                 "fraction_all_seven_ranks_of_species_labels", "shard_sets")}, indent=1))
         print(f"wrote {build_cfg['out_dir']}")
 
     run()
