@@ -104,10 +104,29 @@ def run_stage(paths: list[str], workers: int, size: int, quality: int, chunk: in
     return len(paths) / dt
 
 
+# Taxonomy backend of the builds: taxoniq (default), or a table (for a machine without taxoniq's
+# databases; --write-taxonomy-table makes one for the chosen images where taxoniq is installed).
+TAXONOMY: dict = {"backend": "taxoniq"}
+
+
 def build_config(manifest: Path, out: Path, workers: int, size: int, quality: int, chunk: int) -> dict:
     return {"out_dir": str(out), "sources": [{"kind": "manifest", "source": "bench", "table_path": str(manifest)}],
             "workers": workers, "chunk_size": chunk, "resize": {"mode": "squash", "size": size},
-            "quality": quality, "progress": False}
+            "quality": quality, "progress": False, "taxonomy": TAXONOMY}
+
+
+def write_taxonomy_table(images: list[tuple[str, str]], path: Path) -> None:
+    """The lineages (resolved with taxoniq) of the images' names, as a `TableBackend` CSV."""
+    from tolclip.resolve import Resolver, TaxoniqBackend
+    from tolclip.taxonomy import RANKS
+
+    resolver = Resolver(TaxoniqBackend())
+    taxa = {resolver.resolve({}, name).taxon for _, name in images}
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow([*RANKS, "common_name"])
+        w.writerows([*t.ranks, t.common] for t in sorted(taxa, key=lambda t: t.ranks) if any(t.ranks))
+    print(f"wrote {len(taxa)} lineages to {path}")
 
 
 def run_build(manifest: Path, n: int, workers: int, size: int, quality: int, chunk: int, tmp: Path) -> float:
@@ -155,6 +174,10 @@ def main() -> None:
     ap.add_argument("--names", type=Path, default=None,
                     help="label,scientific_name table for the folder names (default: butterflies names.csv "
                          f"with the default --root; otherwise every image is {PLACEHOLDER_SPECIES!r})")
+    ap.add_argument("--taxonomy-table", type=Path, default=None,
+                    help="resolve with this TableBackend CSV instead of taxoniq")
+    ap.add_argument("--write-taxonomy-table", type=Path, default=None,
+                    help="write the chosen images' lineages (via taxoniq) to this CSV and exit")
     ap.add_argument("--images", type=int, default=600, help="first N image files by sorted path")
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds per side and worker count")
@@ -171,6 +194,11 @@ def main() -> None:
     if names is None and args.root.resolve() == DEFAULT_ROOT.resolve():
         names = DEFAULT_ROOT.parent / "names.csv"
     images = pick_images(args.root, names, args.images)
+    if args.write_taxonomy_table:
+        write_taxonomy_table(images, args.write_taxonomy_table)
+        return
+    if args.taxonomy_table:
+        TAXONOMY.update(backend="table", path=str(args.taxonomy_table.resolve()))
     if not images:
         sys.exit(f"bench_shards: no image files under {args.root}")
     paths = [p for p, _ in images]

@@ -89,8 +89,7 @@ def _config(sources: dict[str, Path], out: Path, **over: object) -> dict:
     return cfg
 
 
-def test_build_end_to_end(sources: dict[str, Path], tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(build_mod, "_POOL_MIN_SAMPLES", 0)  # shards written by the worker pool too
+def test_build_end_to_end(sources: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "out"
     stats = build(_config(sources, out, workers=2, chunk_size=2))
     catalog, skipped, excluded = (_read(out / f) for f in ("catalog.csv", "skipped.csv", "excluded.csv"))

@@ -24,6 +24,7 @@ exits non-zero when any shard or sample is bad.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import json
@@ -250,16 +251,26 @@ def process_one(task: tuple[str, str]) -> dict[str, Any]:
             "width": image.width, "height": image.height, "leak": leak, "jpeg": jpeg}
 
 
+def _worker_pool(cfg: BuildConfig, exclusion: EvalExclusion | None, settings: dict[str, Any]) -> Any:
+    """One pool for the whole build (images, then shards), or None to work in this process."""
+    if cfg.workers <= 1:
+        return contextlib.nullcontext(None)
+    ctx = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+    return ctx.Pool(cfg.workers, initializer=_init_worker, initargs=(settings, exclusion))
+
+
 def _imap(tasks: list[tuple[str, str]], cfg: BuildConfig, exclusion: EvalExclusion | None,
-          settings: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    if cfg.workers <= 1 or len(tasks) < 2:
+          settings: dict[str, Any], pool: Any = None) -> Iterator[dict[str, Any]]:
+    if pool is None and cfg.workers > 1 and len(tasks) >= 2:
+        with _worker_pool(cfg, exclusion, settings) as own:
+            yield from _imap(tasks, cfg, exclusion, settings, own)
+        return
+    if pool is None:
         _init_worker(settings, exclusion)
         yield from map(process_one, tasks)
         return
-    ctx = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
-    with ctx.Pool(cfg.workers, initializer=_init_worker, initargs=(settings, exclusion)) as pool:
-        # imap keeps input order, so results (and the checkpoint) come back deterministically.
-        yield from pool.imap(process_one, tasks, chunksize=max(1, cfg.chunk_size))
+    # imap keeps input order, so results (and the checkpoint) come back deterministically.
+    yield from pool.imap(process_one, tasks, chunksize=max(1, cfg.chunk_size))
 
 
 class Checkpoint:
@@ -396,18 +407,12 @@ def _write_shard_job(job: ShardJob) -> tuple[str, int]:
     return final, len(members)
 
 
-# Starting a pool costs about as much as writing a few hundred samples (measured on 2 cores).
-_POOL_MIN_SAMPLES = 2000
-
-
-def _map_shards(jobs: list[ShardJob], workers: int) -> Iterator[tuple[str, int]]:
-    if workers <= 1 or len(jobs) < 2 or sum(len(members) for *_, members in jobs) < _POOL_MIN_SAMPLES:
+def _map_shards(jobs: list[ShardJob], pool: Any) -> Iterator[tuple[str, int]]:
+    if pool is None or len(jobs) < 2:
         yield from map(_write_shard_job, jobs)
         return
-    ctx = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
-    with ctx.Pool(min(workers, len(jobs))) as pool:
-        # Shards are independent files; each is recorded in progress.json as soon as it is complete.
-        yield from pool.imap_unordered(_write_shard_job, jobs)
+    # Shards are independent files; each is recorded in progress.json as soon as it is complete.
+    yield from pool.imap_unordered(_write_shard_job, jobs)
 
 
 # --------------------------------------------------------------------------------------------- build
@@ -509,9 +514,9 @@ def build(config: dict[str, Any] | BuildConfig) -> dict[str, Any]:
         exclusion = EvalExclusion.from_paths(_eval_paths(cfg.eval_images), cfg.max_distance, cfg.max_pixels)
     settings = {"mode": cfg.resize.get("mode", "squash"), "size": int(cfg.resize.get("size", 224)),
                 "quality": cfg.quality, "max_pixels": cfg.max_pixels}
-    with Checkpoint(out / CACHE_DIR) as checkpoint:
+    with Checkpoint(out / CACHE_DIR) as checkpoint, _worker_pool(cfg, exclusion, settings) as pool:
         todo = [(e.key, str(e.record.path)) for e in candidates if e.key not in checkpoint.done]
-        for result in _track(_imap(todo, cfg, exclusion, settings), len(todo), "images", cfg.progress):
+        for result in _track(_imap(todo, cfg, exclusion, settings, pool), len(todo), "images", cfg.progress):
             checkpoint.add(result)
 
         # 5. leakage and dedup, in scan order --------------------------------------------------------
@@ -565,7 +570,7 @@ def build(config: dict[str, Any] | BuildConfig) -> dict[str, Any]:
                    e.source_id) for e in members])
                 for rel, members in plans
                 if not (progress["shards"].get(rel) == len(members) and (out / rel).exists())]
-        for path, count in _track(_map_shards(jobs, cfg.workers), len(jobs), "shards", cfg.progress):
+        for path, count in _track(_map_shards(jobs, pool), len(jobs), "shards", cfg.progress):
             progress["shards"][Path(path).relative_to(out).as_posix()] = count
             progress_path.write_text(json.dumps(progress, indent=1))
 
