@@ -67,7 +67,7 @@ bench-shards: $(STAMP) ## shard builder images/s vs Pillow-only decode/resize/en
 	$(PY) scripts/bench_shards.py $(ARGS)
 
 bench-eval: $(STAMP) random-openclip ## feature extraction images/s: tolclip vs open_clip on the same checkpoint and images
-	$(PY) scripts/bench_eval.py $(ARGS)
+	$(PY) scripts/bench_eval.py --images 64 $(ARGS)
 
 clean: ## remove generated data and logs (keeps .venv)
 	rm -rf data logs/train logs/sweep-text-types logs/eval-suite .cache outputs multirun
