@@ -39,6 +39,7 @@ from PIL import Image
 
 from tolclip import build as B
 from tolclip.sources import IMAGE_EXTENSIONS
+from tolclip.taxonomy import Taxon
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_ROOT = ROOT.parent / "shared" / "data" / "sources" / "butterflies-100" / "train"
@@ -87,12 +88,14 @@ def run_limit(paths: list[str], workers: int, size: int, quality: int, chunk: in
 
 
 def run_stage(paths: list[str], workers: int, size: int, quality: int, chunk: int, tmp: Path) -> float:
-    """Step 4 of `build()`: `_imap(process_one)` + `Checkpoint.add`, as the builder does it."""
+    """Step 4 of `build()`: `_imap(process_one)` (which also builds each sample's tar members) +
+    `Checkpoint.add`, as the builder does it."""
     out = Path(tempfile.mkdtemp(dir=tmp))
     cfg = B.BuildConfig(out_dir=out, sources=[{}], workers=workers, chunk_size=chunk, quality=quality,
                         resize={"mode": "squash", "size": size}, progress=False)
     settings = {"mode": "squash", "size": size, "quality": quality, "max_pixels": cfg.max_pixels}
-    tasks = [(f"k{i:06d}", p) for i, p in enumerate(paths)]
+    taxon = Taxon.clean(genus="Danaus", species="plexippus")  # the label does not change the image work
+    tasks = [(f"k{i:06d}", p, taxon, "bench", str(i)) for i, p in enumerate(paths)]
     t = time.perf_counter()
     with B.Checkpoint(out / B.CACHE_DIR) as checkpoint:
         for result in B._imap(tasks, cfg, None, settings):

@@ -52,7 +52,7 @@ from tolclip.dedup import (
 )
 from tolclip.images import DEFAULT_MAX_PIXELS, ImageError, encode, load_image, resize
 from tolclip.resolve import Resolver, TableBackend, TaxoniqBackend
-from tolclip.shards import Sample, decode_taxon, has_tar_end, write_shards
+from tolclip.shards import Sample, TarShard, decode_taxon, has_tar_end, record_blob, to_record
 from tolclip.sources import IMAGE_EXTENSIONS, NOT_SELECTED, SourceRecord, open_source, read_table
 from tolclip.taxonomy import RANKS, Taxon, clean_name
 
@@ -63,9 +63,9 @@ CACHE_DIR = "cache"
 CHECKPOINT = "processed.jsonl"
 SPOOL = "encoded.bin"
 PROGRESS = "progress.json"
-# Bytes a sample adds besides its JPEG (tar headers and padding for ~9 members, taxon.json, captions);
-# used to fill shards up to about max_bytes.
-_SAMPLE_OVERHEAD = 6144
+# What the cache (processed.jsonl + encoded.bin) holds; part of the resume fingerprint, so a cache
+# written in another layout (format 1 spooled bare JPEGs) is never mixed into a new build.
+CACHE_FORMAT = 2
 
 
 class BuildError(Exception):
@@ -159,6 +159,7 @@ class BuildConfig:
         """Hash of every setting that changes the output (resume refuses a changed config)."""
         keep = {k: v for k, v in self.__dict__.items()
                 if k not in ("out_dir", "workers", "chunk_size", "resume", "keep_cache", "progress")}
+        keep["cache_format"] = CACHE_FORMAT
         return _stable_hash(json.dumps(keep, sort_keys=True, default=str))
 
 
@@ -230,9 +231,16 @@ def _init_worker(settings: dict[str, Any], exclusion: EvalExclusion | None) -> N
     _WORKER.update(settings, exclusion=exclusion)
 
 
-def process_one(task: tuple[str, str]) -> dict[str, Any]:
-    """Read, decode, resize, encode and hash one file (runs in a worker). Never raises for bad input."""
-    key, path = task
+ImageTask = tuple[str, str, Taxon, str, str]  # key, path, taxon, source, source_id
+
+
+def process_one(task: ImageTask) -> dict[str, Any]:
+    """Read, decode, resize, encode and hash one file, and build its tar members (runs in a worker).
+
+    Never raises for bad input. The sample's tar members are built here, where the work is parallel:
+    writing a shard is then only a concatenation.
+    """
+    key, path, taxon, source, source_id = task
     try:
         with open(path, "rb") as fh:
             data = fh.read()
@@ -247,8 +255,9 @@ def process_one(task: tuple[str, str]) -> dict[str, Any]:
     exclusion: EvalExclusion | None = _WORKER.get("exclusion")
     leak = exclusion.check_hashes(digest, phash) if exclusion is not None else None
     # Raw bytes: the pool pickles them as they are; the checkpoint line never carries them.
+    blob = record_blob(to_record(Sample(key, jpeg, taxon, source, source_id)))
     return {"key": key, "ok": True, "sha256": digest, "phash": phash,
-            "width": image.width, "height": image.height, "leak": leak, "jpeg": jpeg}
+            "width": image.width, "height": image.height, "leak": leak, "blob": blob}
 
 
 def _worker_pool(cfg: BuildConfig, exclusion: EvalExclusion | None, settings: dict[str, Any]) -> Any:
@@ -259,7 +268,7 @@ def _worker_pool(cfg: BuildConfig, exclusion: EvalExclusion | None, settings: di
     return ctx.Pool(cfg.workers, initializer=_init_worker, initargs=(settings, exclusion))
 
 
-def _imap(tasks: list[tuple[str, str]], cfg: BuildConfig, exclusion: EvalExclusion | None,
+def _imap(tasks: list[ImageTask], cfg: BuildConfig, exclusion: EvalExclusion | None,
           settings: dict[str, Any], pool: Any = None) -> Iterator[dict[str, Any]]:
     if pool is None and cfg.workers > 1 and len(tasks) >= 2:
         with _worker_pool(cfg, exclusion, settings) as own:
@@ -274,7 +283,8 @@ def _imap(tasks: list[tuple[str, str]], cfg: BuildConfig, exclusion: EvalExclusi
 
 
 class Checkpoint:
-    """`processed.jsonl` (one result per line, without the bytes) + `encoded.bin` (the JPEGs, appended)."""
+    """`processed.jsonl` (one result per line, without the bytes) + `encoded.bin` (each sample's tar
+    members, appended)."""
 
     def __init__(self, cache: Path) -> None:
         cache.mkdir(parents=True, exist_ok=True)
@@ -307,10 +317,10 @@ class Checkpoint:
     def add(self, result: dict[str, Any]) -> None:
         row = dict(result)
         if row.get("ok"):
-            jpeg = row.pop("jpeg")
-            row["offset"], row["length"] = self._end, len(jpeg)
-            self._spool.write(jpeg)
-            self._end += len(jpeg)
+            blob = row.pop("blob")
+            row["offset"], row["length"] = self._end, len(blob)
+            self._spool.write(blob)
+            self._end += len(blob)
         self._pending.append(json.dumps(row))
         self.done[row["key"]] = row
         if len(self._pending) >= self.FLUSH_EVERY:
@@ -382,28 +392,29 @@ def _plan_shards(keys: list[str], sizes: dict[str, int], max_count: int, max_byt
     return shards
 
 
-def write_one_shard(samples: list[Sample], final: Path) -> None:
+def write_one_shard(blobs: list[bytes], final: Path) -> None:
     """Write one complete shard to a temporary name and rename it (an interrupted write leaves no shard)."""
     final.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=final.parent, prefix=".tmp-") as tmp:
-        written = write_shards(samples, tmp, max_count=len(samples) + 1, max_bytes=1 << 62)
-        if len(written) != 1:
-            raise RuntimeError(f"expected one shard for {final}, got {len(written)}")
-        os.replace(written[0], final)
+        shard = TarShard(Path(tmp) / final.name)
+        for blob in blobs:
+            shard.write_blob(blob)
+        shard.close()
+        os.replace(shard.path, final)
 
 
-ShardJob = tuple[str, str, list[tuple[str, int, int, Taxon, str, str]]]
+ShardJob = tuple[str, str, list[tuple[int, int]]]  # final path, spool, (offset, length) per sample
 
 
 def _write_shard_job(job: ShardJob) -> tuple[str, int]:
     """Write one planned shard from the spool (runs in a worker): (path, samples written)."""
     final, spool, members = job
     with open(spool, "rb") as fh:
-        samples = []
-        for key, offset, length, taxon, source, source_id in members:
+        blobs = []
+        for offset, length in members:
             fh.seek(offset)
-            samples.append(Sample(key, fh.read(length), taxon, source, source_id))
-    write_one_shard(samples, Path(final))
+            blobs.append(fh.read(length))
+    write_one_shard(blobs, Path(final))
     return final, len(members)
 
 
@@ -515,7 +526,8 @@ def build(config: dict[str, Any] | BuildConfig) -> dict[str, Any]:
     settings = {"mode": cfg.resize.get("mode", "squash"), "size": int(cfg.resize.get("size", 224)),
                 "quality": cfg.quality, "max_pixels": cfg.max_pixels}
     with Checkpoint(out / CACHE_DIR) as checkpoint, _worker_pool(cfg, exclusion, settings) as pool:
-        todo = [(e.key, str(e.record.path)) for e in candidates if e.key not in checkpoint.done]
+        todo = [(e.key, str(e.record.path), e.taxon, e.source, e.source_id)
+                for e in candidates if e.key not in checkpoint.done]
         for result in _track(_imap(todo, cfg, exclusion, settings, pool), len(todo), "images", cfg.progress):
             checkpoint.add(result)
 
@@ -553,7 +565,7 @@ def build(config: dict[str, Any] | BuildConfig) -> dict[str, Any]:
         for name, members in sets.items():
             lookup = {e.key: e for e in members}
 
-            sizes = {e.key: checkpoint.done[e.key]["length"] + _SAMPLE_OVERHEAD for e in members}
+            sizes = {e.key: checkpoint.done[e.key]["length"] for e in members}
             for i, keys_ in enumerate(_plan_shards([e.key for e in members], sizes, cfg.max_count, cfg.max_bytes)):
                 rel = f"{name}/shard-{i:06d}.tar"
                 plans.append((rel, [lookup[k] for k in keys_]))
@@ -566,8 +578,7 @@ def build(config: dict[str, Any] | BuildConfig) -> dict[str, Any]:
                 shutil.rmtree(stale, ignore_errors=True)
         checkpoint.flush()
         jobs = [(str(out / rel), str(checkpoint.spool),
-                 [(e.key, checkpoint.done[e.key]["offset"], checkpoint.done[e.key]["length"], e.taxon, e.source,
-                   e.source_id) for e in members])
+                 [(checkpoint.done[e.key]["offset"], checkpoint.done[e.key]["length"]) for e in members])
                 for rel, members in plans
                 if not (progress["shards"].get(rel) == len(members) and (out / rel).exists())]
         for path, count in _track(_map_shards(jobs, pool), len(jobs), "shards", cfg.progress):

@@ -108,6 +108,23 @@ def tar_header(name: str, size: int) -> bytes:
     return bytes(head)
 
 
+def record_blob(record: dict[str, object]) -> bytes:
+    """One webdataset record as tar members (header, data, padding each): a shard is their
+    concatenation plus the end-of-archive marker, so samples can be encoded anywhere, in any order."""
+    key = record["__key__"]
+    parts = []
+    for ext, data in record.items():
+        if ext == "__key__":
+            continue
+        if not isinstance(data, bytes):
+            raise TypeError(f"{key}.{ext}: tar members must be bytes, got {type(data).__name__}")
+        parts.append(tar_header(f"{key}.{ext}", len(data)))
+        parts.append(data)
+        if len(data) % _BLOCK:
+            parts.append(bytes(_BLOCK - len(data) % _BLOCK))
+    return b"".join(parts)
+
+
 class TarShard:
     """One shard file being written: members appended, end-of-archive marker on `close`."""
 
@@ -119,18 +136,10 @@ class TarShard:
 
     def write(self, record: dict[str, object]) -> None:
         """Write one webdataset record: `__key__` plus extension -> bytes."""
-        key = record["__key__"]
-        parts = []
-        for ext, data in record.items():
-            if ext == "__key__":
-                continue
-            if not isinstance(data, bytes):
-                raise TypeError(f"{key}.{ext}: tar members must be bytes, got {type(data).__name__}")
-            parts.append(tar_header(f"{key}.{ext}", len(data)))
-            parts.append(data)
-            if len(data) % _BLOCK:
-                parts.append(bytes(_BLOCK - len(data) % _BLOCK))
-        blob = b"".join(parts)
+        self.write_blob(record_blob(record))
+
+    def write_blob(self, blob: bytes) -> None:
+        """Append one sample's members as `record_blob` built them (perhaps in another process)."""
         self._fh.write(blob)
         self.size += len(blob)
         self.count += 1
