@@ -97,8 +97,8 @@ def run_stage(paths: list[str], workers: int, size: int, quality: int, chunk: in
     taxon = Taxon.clean(genus="Danaus", species="plexippus")  # the label does not change the image work
     tasks = [(f"k{i:06d}", p, taxon, "bench", str(i)) for i, p in enumerate(paths)]
     t = time.perf_counter()
-    with B.Checkpoint(out / B.CACHE_DIR) as checkpoint:
-        for result in B._imap(tasks, cfg, None, settings):
+    with B.Checkpoint(out / B.CACHE_DIR) as checkpoint, B._worker_pool(cfg, None, settings) as pool:
+        for result in B._imap(tasks, None, settings, pool, cfg.chunk_size):
             checkpoint.add(result)
     dt = time.perf_counter() - t
     bad = [r for r in checkpoint.done.values() if not r["ok"]]

@@ -268,18 +268,15 @@ def _worker_pool(cfg: BuildConfig, exclusion: EvalExclusion | None, settings: di
     return ctx.Pool(cfg.workers, initializer=_init_worker, initargs=(settings, exclusion))
 
 
-def _imap(tasks: list[ImageTask], cfg: BuildConfig, exclusion: EvalExclusion | None,
-          settings: dict[str, Any], pool: Any = None) -> Iterator[dict[str, Any]]:
-    if pool is None and cfg.workers > 1 and len(tasks) >= 2:
-        with _worker_pool(cfg, exclusion, settings) as own:
-            yield from _imap(tasks, cfg, exclusion, settings, own)
-        return
+def _imap(tasks: list[ImageTask], exclusion: EvalExclusion | None, settings: dict[str, Any], pool: Any,
+          chunk_size: int) -> Iterator[dict[str, Any]]:
+    """`process_one` over the tasks, in the pool from `_worker_pool` (None: in this process)."""
     if pool is None:
         _init_worker(settings, exclusion)
         yield from map(process_one, tasks)
         return
     # imap keeps input order, so results (and the checkpoint) come back deterministically.
-    yield from pool.imap(process_one, tasks, chunksize=max(1, cfg.chunk_size))
+    yield from pool.imap(process_one, tasks, chunksize=max(1, chunk_size))
 
 
 class Checkpoint:
@@ -528,7 +525,8 @@ def build(config: dict[str, Any] | BuildConfig) -> dict[str, Any]:
     with Checkpoint(out / CACHE_DIR) as checkpoint, _worker_pool(cfg, exclusion, settings) as pool:
         todo = [(e.key, str(e.record.path), e.taxon, e.source, e.source_id)
                 for e in candidates if e.key not in checkpoint.done]
-        for result in _track(_imap(todo, cfg, exclusion, settings, pool), len(todo), "images", cfg.progress):
+        results = _imap(todo, exclusion, settings, pool, cfg.chunk_size)
+        for result in _track(results, len(todo), "images", cfg.progress):
             checkpoint.add(result)
 
         # 5. leakage and dedup, in scan order --------------------------------------------------------

@@ -167,15 +167,14 @@ def write_shards(
     shard: TarShard | None = None
     try:
         for sample in samples:
-            record = to_record(sample)
-            size = sum(_BLOCK + -(-len(v) // _BLOCK) * _BLOCK for k, v in record.items() if k != "__key__")
-            if shard is not None and (shard.count >= max_count or shard.size + size > max_bytes):
+            blob = record_blob(to_record(sample))
+            if shard is not None and (shard.count >= max_count or shard.size + len(blob) > max_bytes):
                 shard.close()
                 shard = None
             if shard is None:
                 shard = TarShard(out / (SHARD_PATTERN % len(written)))
                 written.append(shard.path)
-            shard.write(record)
+            shard.write_blob(blob)
     finally:
         if shard is not None:
             shard.close()

@@ -39,7 +39,7 @@ from tolclip.tasks import Task, describe, load_task
 from tolclip.taxonomy import RANKS, Taxon
 from tolclip.tokenizer import get_tokenizer
 from tolclip.train import CONFIG_DIR
-from tolclip.zero_shot import lineage, templates_for, text_classifier
+from tolclip.zero_shot import lineage, rank_classes, templates_for, text_classifier
 
 RESULTS_FILE = "results.json"
 
@@ -127,17 +127,12 @@ def per_class_accuracy(pred: torch.Tensor, labels: torch.Tensor, classes: int) -
 
 def direct_rank_predictions(
     model: EvalModel, feats: torch.Tensor, classes: Sequence[Taxon], text_type: str, templates: Sequence[str],
-    ranks: Sequence[str], cache: FeatureCache,
+    ranks: Sequence[str], tokenizer: Callable, cache: FeatureCache,
 ) -> dict[str, tuple[list[tuple[str, ...]], torch.Tensor]]:
     """Per rank: the rank's groups (lineages) and each image's predicted group, by prompting rank names."""
-    tokenizer = get_tokenizer(model.context_length)
     out = {}
     for rank in ranks:
-        groups: dict[tuple[str, ...], Taxon] = {}
-        for taxon in classes:
-            key = lineage(taxon, rank)
-            if key[-1]:
-                groups.setdefault(key, taxon)
+        groups = rank_classes(classes, rank)
         if len(groups) < 2:
             continue
         names = [rank_name(t, rank, text_type) for t in groups.values()]
@@ -194,7 +189,8 @@ def evaluate(model: EvalModel, task: Task, cfg: Mapping[str, Any], cache: Featur
             probs = (model.logit_scale * logits).softmax(dim=-1)
             ranks = list(cfg.get("ranks", RANKS))
             text_type = task.label_type
-            direct = direct_rank_predictions(model, feats, task.classes, text_type, templates, ranks, cache)
+            direct = direct_rank_predictions(model, feats, task.classes, text_type, templates, ranks, tokenizer,
+                                             cache)
             direct_acc = {}
             for rank, (groups, predicted) in direct.items():
                 truth = [lineage(t, rank) for t in taxa]

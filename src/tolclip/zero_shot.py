@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import csv
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -124,6 +124,19 @@ def lineage(taxon: Taxon, rank: str) -> tuple[str, ...]:
     return taxon.ranks[: RANKS.index(rank) + 1]
 
 
+def rank_classes(taxa: Iterable[Taxon], rank: str) -> dict[tuple[str, ...], Taxon]:
+    """The classes at a rank: each distinct lineage down to it, with its first taxon (for naming).
+
+    Taxa not identified to the rank do not take part at it.
+    """
+    classes: dict[tuple[str, ...], Taxon] = {}
+    for taxon in taxa:
+        key = lineage(taxon, rank)
+        if key[-1]:
+            classes.setdefault(key, taxon)
+    return classes
+
+
 @torch.no_grad()
 def text_classifier(
     model: torch.nn.Module,
@@ -184,11 +197,7 @@ def evaluate_ranks(
     all_taxa = [t for _, taxa in features.values() for t in taxa]
     results = []
     for rank in ranks:
-        classes: dict[tuple[str, ...], Taxon] = {}
-        for taxon in all_taxa:
-            key = lineage(taxon, rank)
-            if key[-1]:  # images not identified to this rank do not take part at it
-                classes.setdefault(key, taxon)
+        classes = rank_classes(all_taxa, rank)
         if len(classes) < 2:
             continue
         keys = list(classes)
