@@ -19,10 +19,10 @@ $(STAMP): pyproject.toml
 install: $(STAMP) ## create .venv and install tolclip with test extras
 
 train: $(STAMP) ## generate the synthetic tree of life, train the tiny CLIP, print zero-shot results (ARGS= for Hydra overrides)
-	$(PY) -m tolclip.train $(ARGS)
+	$(PY) -m tolclip.cli.train $(ARGS)
 
 eval: $(STAMP) ## zero-shot at every rank for a checkpoint: make eval ARGS="ckpt_path=logs/train/runs/<time>/checkpoints/last.ckpt"
-	$(PY) -m tolclip.eval $(ARGS)
+	$(PY) -m tolclip.cli.eval $(ARGS)
 
 # ViT-B/32 by default: on a 2-core CPU the suite's B/16 row takes about half an hour.
 SUITE_MODELS ?= trained,random_openclip_b32
@@ -30,8 +30,8 @@ SUITE_TASKS ?= shared_butterflies,shared_tiny_imagenet,shared_mushrooms
 
 eval-suite: $(STAMP) random-openclip ## benchmark table: models x tasks (zero-shot, 1/5-shot, linear probe, ranks, t-SNE); SUITE_MODELS= SUITE_TASKS=
 	rm -rf logs/eval-suite
-	$(PY) -m tolclip.suite -m eval/model=$(SUITE_MODELS) eval/task=$(SUITE_TASKS) hydra.sweep.dir=logs/eval-suite $(ARGS)
-	$(PY) -m tolclip.report --suite logs/eval-suite --wandb
+	$(PY) -m tolclip.evaluation.suite -m suite/model=$(SUITE_MODELS) suite/task=$(SUITE_TASKS) hydra.sweep.dir=logs/eval-suite $(ARGS)
+	$(PY) -m tolclip.evaluation.report --suite logs/eval-suite --wandb
 
 random-openclip: $(STAMP) ## write random open_clip ViT-B/16 and B/32 release folders into data/checkpoints (no-skill references)
 	$(PY) scripts/make_random_openclip.py data/checkpoints/random-openclip-vit-b16 --model ViT-B-16-quickgelu
@@ -54,8 +54,8 @@ format: $(STAMP) ## ruff format + import sort
 	$(VENV)/bin/ruff format src tests scripts
 
 sweep-text-types: $(STAMP) ## text-type ablation: train on each text type (Hydra multirun), print the table
-	$(PY) -m tolclip.train -m 'experiment=glob(text_*)' logger=csv hydra.sweep.dir=logs/sweep-text-types $(ARGS)
-	$(PY) -m tolclip.report logs/sweep-text-types
+	$(PY) -m tolclip.cli.train -m experiment=text_type data.text_type=com,sci,taxon,sci_com,taxon_com,mixed logger=csv hydra.sweep.dir=logs/sweep-text-types $(ARGS)
+	$(PY) -m tolclip.evaluation.report logs/sweep-text-types
 
 bench: bench-train bench-shards bench-eval ## all benchmarks
 

@@ -2,9 +2,9 @@
 
 Both sides load one open_clip checkpoint and encode the same image files into L2-normalised features:
 
-* ``tolclip``: exactly what the evaluation suite runs (`tolclip.suite.evaluate`): the checkpoint loaded by
-  `tolclip.checkpoints.load_open_clip` into our towers, then
-  `tolclip.features.extract_image_features(net.encode_image, preprocess.transform(), paths, batch, workers)`
+* ``tolclip``: exactly what the evaluation suite runs (`tolclip.evaluation.suite.evaluate`): the checkpoint loaded by
+  `tolclip.models.interop.load_open_clip` into our towers, then
+  `tolclip.evaluation.features.extract_image_features(net.encode_image, preprocess.transform(), paths, batch, workers)`
   (robust `load_image` decode, our torchvision transform, `torch.inference_mode`).
 * ``open_clip``: the natural open_clip loop: `open_clip.create_model_and_transforms("local-dir:FOLDER")`
   (a bare weights file: `open_clip.model.CLIP` of the same architecture + `open_clip.load_checkpoint`, and
@@ -41,11 +41,11 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from tolclip.checkpoints import CONFIG_FILE, LoadedModel, load_open_clip
-from tolclip.features import extract_image_features
-from tolclip.images import load_image
-from tolclip.openclip_convert import open_clip_kwargs
-from tolclip.sources import IMAGE_EXTENSIONS
+from tolclip.models.interop import CONFIG_FILE, LoadedModel, load_open_clip
+from tolclip.evaluation.features import extract_image_features
+from tolclip.data.images import load_image
+from tolclip.models.open_clip_keys import open_clip_kwargs
+from tolclip.curate.sources import IMAGE_EXTENSIONS
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_ROOT = ROOT.parent / "shared" / "data" / "sources" / "butterflies-100" / "test"

@@ -6,10 +6,10 @@ machine noise hits all alike); medians are printed:
 * ``limit``: Pillow alone, the practical limit: read the file, ``Image.open``, ``convert("RGB")``,
   resize to size×size (BICUBIC, reducing_gap 3 as the builder's squash mode), JPEG encode at the
   builder's quality, bytes returned to the parent.
-* ``stage``: the builder's image stage exactly as `build()` runs it: `tolclip.build._imap` over
+* ``stage``: the builder's image stage exactly as `build()` runs it: `tolclip.curate.build._imap` over
   `process_one` (decode with all checks, resize, encode, SHA-256, pHash) and
   `Checkpoint.add` (spool + processed.jsonl) for every result.
-* ``build``: the whole `tolclip.build.build()` on a manifest of those images (scan, taxonomy
+* ``build``: the whole `tolclip.curate.build.build()` on a manifest of those images (scan, taxonomy
   resolution, image stage, dedup, split, shard writing, catalog, stats), `progress=false`.
 
 Parallelism matches the builder's: ``workers=1`` runs in-process (no pool) on every side; ``workers=w>1``
@@ -37,9 +37,9 @@ from pathlib import Path
 import PIL
 from PIL import Image
 
-from tolclip import build as B
-from tolclip.sources import IMAGE_EXTENSIONS
-from tolclip.taxonomy import Taxon
+from tolclip.curate import build as B
+from tolclip.curate.sources import IMAGE_EXTENSIONS
+from tolclip.core.taxonomy import Taxon
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_ROOT = ROOT.parent / "shared" / "data" / "sources" / "butterflies-100" / "train"
@@ -120,8 +120,8 @@ def build_config(manifest: Path, out: Path, workers: int, size: int, quality: in
 
 def write_taxonomy_table(images: list[tuple[str, str]], path: Path) -> None:
     """The lineages (resolved with taxoniq) of the images' names, as a `TableBackend` CSV."""
-    from tolclip.resolve import Resolver, TaxoniqBackend
-    from tolclip.taxonomy import RANKS
+    from tolclip.curate.resolve import Resolver, TaxoniqBackend
+    from tolclip.core.taxonomy import RANKS
 
     resolver = Resolver(TaxoniqBackend())
     taxa = {resolver.resolve({}, name).taxon for _, name in images}

@@ -1,7 +1,7 @@
 """Training throughput of tolclip's CLIP vs open_clip's CLIP at identical sizes, side by side.
 
 Both models get the same batch (random images + token sequences with realistic caption lengths), the
-same optimizer (AdamW, same param-group rule) and the same loss (``tolclip.loss.ClipLoss``). After warmup steps the two are timed in interleaved rounds so that
+same optimizer (AdamW, same param-group rule) and the same loss (``tolclip.models.loss.ClipLoss``). After warmup steps the two are timed in interleaved rounds so that
 machine noise (other processes on shared cores) hits both alike; the median samples/s per side and
 the ratio ours / open_clip are printed.
 
@@ -21,12 +21,12 @@ import open_clip
 import torch
 from torch import nn
 
-from tolclip.loss import ClipLoss
-from tolclip.openclip_convert import open_clip_kwargs
-from tolclip.towers import CLIP
-from tolclip.train import net_config
+from tolclip.models.loss import ClipLoss
+from tolclip.models.open_clip_keys import open_clip_kwargs
+from tolclip.models.towers import CLIP
+from tolclip.models.config import net_config
 
-LOSS_SRC = "tolclip.loss.ClipLoss"
+LOSS_SRC = "tolclip.models.loss.ClipLoss"
 
 SOT, EOT = 49406, 49407
 

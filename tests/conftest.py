@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tolclip.shards import write_shards
+from tolclip.data.shards import write_shards
 
 from helpers import make_samples
 

@@ -14,9 +14,12 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 from PIL import Image
 
-from tolclip.shards import Sample, encode_jpeg
-from tolclip.taxonomy import Taxon
-from tolclip.train import CONFIG_DIR
+from tolclip.data.shards import Sample
+from tolclip.data.images import encode_jpeg
+from tolclip.core.taxonomy import Taxon
+from tolclip.core.resources import config_dir
+
+CONFIG_DIR = str(config_dir())
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
@@ -73,14 +76,8 @@ class StopAfterSteps:
         return _Stop()
 
 
-# A model small enough that a few steps take about a second.
-MICRO = [
-    "model.net.embed_dim=32",
-    "model.net.vision.width=32", "model.net.vision.layers=1", "model.net.vision.heads=1",
-    "model.net.vision.image_size=32",
-    "model.net.text.width=32", "model.net.text.layers=1", "model.net.text.heads=1",
-    "model.scheduler.warmup_steps=2",
-]
+# A model small enough that a few steps take about a second (configs/model/micro.yaml).
+MICRO = ["model=micro"]
 
 
 def make_cfg(tmp_path: Path, overrides: list[str], config_name: str = "train"):

@@ -16,11 +16,11 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-import tolclip.build as build_mod
-from tolclip.build import assign_split, build, check, check_main, make_key
-from tolclip.dedup import Deduplicator, content_hash, perceptual_hash
-from tolclip.shards import iter_records
-from tolclip.taxonomy import RANKS
+import tolclip.curate.build as build_mod
+from tolclip.curate.build import assign_split, build, check, check_main, make_key
+from tolclip.curate.dedup import Deduplicator, content_hash, perceptual_hash
+from tolclip.data.shards import iter_records
+from tolclip.core.taxonomy import RANKS
 
 from helpers import MICRO, make_cfg
 
@@ -250,7 +250,7 @@ def test_check_compares_shards_with_the_catalog(sources: dict[str, Path], tmp_pa
     dropped = records[0]["__key__"]
     kept = [{k: v for k, v in r.items() if k == "__key__" or isinstance(v, bytes)} for r in records[1:]]
     shard.unlink()
-    from tolclip.shards import TarShard
+    from tolclip.data.shards import TarShard
 
     writer = TarShard(shard)
     for r in kept:
@@ -302,7 +302,7 @@ def test_shared_sources_subset(tmp_path: Path) -> None:
             cam["african_elephants_truncated_file.jpg"]["reason"]) == ("image", "truncated")
     for blank in ("blank.jpg", "blank2.jpg", "blank3.jpg", "vehicle.jpg"):
         assert cam[blank]["stage"] == "resolve" and cam[blank]["reason"].startswith("no taxon")
-    # The grey, CMYK and EXIF-rotated elephants are the original photo (pHash distance 0, see tolclip.dedup):
+    # The grey, CMYK and EXIF-rotated elephants are the original photo (pHash distance 0, see tolclip.curate.dedup):
     # they decode fine, and are excluded as duplicates of the original, which is kept.
     kept = {r["source_id"] for r in catalog if r["source"] == "camera_trap_edge"}
     assert "african_elephants.jpg" in kept
@@ -366,7 +366,7 @@ def test_training_runs_on_shards_built_from_shared_sources(tmp_path: Path) -> No
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from tolclip.train import train
+    from tolclip.training.run import train
 
     with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "configs")):
         cfg = compose("build/shared_sources", overrides=[

@@ -1,4 +1,4 @@
-"""Tests for tolclip.checkpoints: open_clip / BioCLIP weights in, open_clip model folders out, clear errors.
+"""Tests for tolclip.models.interop: open_clip / BioCLIP weights in, open_clip model folders out, clear errors.
 
 open_clip is the reference throughout: models are built with random (perturbed) weights by open_clip itself,
 saved in the formats open_clip and BioCLIP use, loaded into our towers and compared on the same inputs.
@@ -21,9 +21,8 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
-from tolclip.checkpoints import (
+from tolclip.models.interop import (
     LoadedModel,
-    Preprocess,
     export_open_clip,
     infer_net_config,
     load_model,
@@ -31,11 +30,12 @@ from tolclip.checkpoints import (
     load_tolclip,
     main,
 )
-from tolclip.datamodule import CLIP_MEAN, CLIP_STD
-from tolclip.openclip_convert import open_clip_kwargs
-from tolclip.tokenizer import get_tokenizer
-from tolclip.towers import CLIP
-from tolclip.train import net_config
+from tolclip.core.constants import CLIP_MEAN, CLIP_STD
+from tolclip.data.transforms import Preprocess
+from tolclip.models.open_clip_keys import open_clip_kwargs
+from tolclip.core.tokenizer import get_tokenizer
+from tolclip.models.towers import CLIP
+from tolclip.models.config import net_config
 
 CAPTIONS = [
     "a photo of Corvus corax, common raven.",
@@ -317,8 +317,8 @@ def tolclip_run(tmp_path: Path) -> tuple[Path, CLIP]:
     ckpt = run / "checkpoints" / "last.ckpt"
     torch.save({"epoch": 1, "state_dict": {"net." + k: v for k, v in net.state_dict().items()}}, ckpt)
     model = {
-        "_target_": "tolclip.clip_module.CLIPLitModule",
-        "net": {"_target_": "tolclip.towers.CLIP", **cfg},
+        "_target_": "tolclip.training.clip_module.CLIPLitModule",
+        "net": {"_target_": "tolclip.models.towers.CLIP", **cfg},
     }
     OmegaConf.save(OmegaConf.create({"model": model}), run / ".hydra" / "config.yaml")
     return ckpt, net.eval()
@@ -332,9 +332,9 @@ def test_load_tolclip_uses_the_run_config(tolclip_run: tuple[Path, CLIP], tmp_pa
     a, b = net.state_dict(), loaded.net.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a) and not loaded.net.training
 
-    from tolclip.eval import load_net  # still importable from its old home
+    from tolclip.models.interop import load_net
 
-    assert isinstance(load_net(ckpt, OmegaConf.create({"_target_": "tolclip.towers.CLIP", **ODD})), CLIP)
+    assert isinstance(load_net(ckpt, OmegaConf.create({"_target_": "tolclip.models.towers.CLIP", **ODD})), CLIP)
 
     alone = tmp_path / "alone.ckpt"  # outside its run: the config must be given
     alone.write_bytes(ckpt.read_bytes())
@@ -443,7 +443,7 @@ def test_files_that_are_not_state_dicts(tmp_path: Path) -> None:
 
     junk = tmp_path / "junk.bin"
     junk.write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="junk.bin cannot be read as a weights-only PyTorch state dict"):
+    with pytest.raises(ValueError, match="junk.bin could not be read as a weights-only PyTorch state dict"):
         load_open_clip(junk, quick_gelu=True)
     odd = tmp_path / "odd.pt"
     torch.save({"weights": [1, 2]}, odd)

@@ -1,7 +1,7 @@
 import torch
 
-from tolclip.clip_module import CLIPLitModule, warmup_cosine
-from tolclip.towers import CLIP
+from tolclip.training.clip_module import CLIPLitModule, warmup_cosine
+from tolclip.models.towers import CLIP
 
 MICRO = dict(
     embed_dim=16,

@@ -7,9 +7,11 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
-from tolclip.captions import MIXED, TEXT_TYPES
-from tolclip.report import collect, main, pivot
-from tolclip.train import CONFIG_DIR
+from tolclip.core.captions import MIXED, TEXT_TYPES
+from tolclip.evaluation.report import collect, main, pivot
+from tolclip.core.resources import config_dir
+
+CONFIG_DIR = str(config_dir())
 
 
 def compose_train(overrides: list[str]):
@@ -20,7 +22,7 @@ def compose_train(overrides: list[str]):
 
 @pytest.mark.parametrize("text_type", [*TEXT_TYPES, MIXED])
 def test_text_type_experiments(text_type):
-    cfg = compose_train([f"experiment=text_{text_type}"])
+    cfg = compose_train(["experiment=text_type", f"data.text_type={text_type}"])
     assert cfg.data.text_type == text_type
     assert list(cfg.callbacks.zero_shot.text_types) == list(TEXT_TYPES)
     assert cfg.task_name == f"text_{text_type}"

@@ -4,10 +4,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from tolclip.datamodule import ShardDataModule, expand_shards
-from tolclip.shards import encode_jpeg, iter_records, shard_spec, write_shards
-from tolclip.taxonomy import Taxon
-from tolclip.tokenizer import get_tokenizer
+from tolclip.data.datamodule import ShardDataModule, expand_shards
+from tolclip.data.shards import iter_records, shard_spec, write_shards
+from tolclip.data.images import encode_jpeg
+from tolclip.core.taxonomy import Taxon
+from tolclip.core.tokenizer import get_tokenizer
 
 from helpers import TAXA, add_raw_member, colour_image, make_samples
 
@@ -144,7 +145,7 @@ def test_epochs_differ_but_replay_identically(small_shards):
 
 
 def test_shards_split_across_ranks_and_workers(small_shards, monkeypatch):
-    import tolclip.datamodule as dmod
+    import tolclip.data.stream as dmod
 
     dm = _dm(small_shards)
     stream = dm.train_stream()

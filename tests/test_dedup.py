@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tolclip.dedup import (
+from tolclip.curate.dedup import (
     DEFAULT_MAX_DISTANCE,
     Deduplicator,
     EvalExclusion,
@@ -19,7 +19,7 @@ from tolclip.dedup import (
     hamming,
     perceptual_hash,
 )
-from tolclip.images import encode, load_image
+from tolclip.data.images import encode, load_image
 
 from helpers import SHARED_DATA
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from sklearn.linear_model import LogisticRegression
 
-from tolclip.few_shot import FewShotResult, cl2n, fold_indices, linear_probe, nearest_centroid, simpleshot
+from tolclip.evaluation.few_shot import FewShotResult, cl2n, fold_indices, linear_probe, nearest_centroid, simpleshot
 
 # Uneven classes: "a" (1 image) is too small for any k, "c" (5 images) is too small for k=5 only.
 SIZES = {"a": 1, "b": 3, "c": 5, "d": 6, "e": 9, "f": 14, "g": 23, "h": 31}
@@ -27,7 +27,7 @@ def uneven_data(dim: int = 12, spread: float = 0.7, seed: int = 0) -> tuple[np.n
 
 # ---------------------------------------------------------------------------------------------
 # The reference: the protocol written out directly, one image, one class, one number at a time.
-# It deliberately uses nothing from tolclip.few_shot.
+# It deliberately uses nothing from tolclip.evaluation.few_shot.
 # ---------------------------------------------------------------------------------------------
 
 

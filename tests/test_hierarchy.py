@@ -1,15 +1,15 @@
 import pytest
 import torch
 
-from tolclip.hierarchy import (
+from tolclip.evaluation.hierarchy import (
     lca_height,
     mistake_severity,
     rank_consistency,
     summed_rank_accuracy,
     summed_rank_predictions,
 )
-from tolclip.taxonomy import RANKS, Taxon
-from tolclip.zero_shot import lineage
+from tolclip.core.taxonomy import RANKS, Taxon
+from tolclip.core.taxonomy import lineage
 
 
 def tx(k="", p="", c="", o="", f="", g="", s="") -> Taxon:

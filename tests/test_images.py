@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tolclip.images import ImageError, encode, load_image, normalise, resize
+from tolclip.data.images import ImageError, encode, load_image, normalise, resize
 
 from helpers import SHARED_DATA
 

@@ -5,15 +5,15 @@ import numpy as np
 import pytest
 import torch
 
-from tolclip.intrinsic import (
+from tolclip.evaluation.intrinsic import (
     PNG_SIGNATURE,
     embed_2d,
     plot_ranks,
     silhouette_per_rank,
     tree_distance_correlation,
 )
-from tolclip.taxonomy import RANKS, Taxon
-from tolclip.zero_shot import lineage
+from tolclip.core.taxonomy import RANKS, Taxon
+from tolclip.core.taxonomy import lineage
 
 DIM = 32
 

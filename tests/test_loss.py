@@ -1,4 +1,4 @@
-"""Tests for tolclip.loss: single-process correctness and 2-rank DDP equivalence to one big batch."""
+"""Tests for tolclip.models.loss: single-process correctness and 2-rank DDP equivalence to one big batch."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from tolclip.loss import ClipLoss
+from tolclip.models.loss import ClipLoss
 
 # ---------------------------------------------------------------------------------------------------
 # Single process

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tolclip.resolve import Resolver, TableBackend, TaxoniqBackend, resolve
-from tolclip.taxonomy import RANKS
+from tolclip.curate.resolve import Resolver, TableBackend, TaxoniqBackend, resolve
+from tolclip.core.taxonomy import RANKS
 
 pytest.importorskip("taxoniq")
 NCBI = TaxoniqBackend()

@@ -8,7 +8,7 @@ import tarfile
 
 import pytest
 
-from tolclip.shards import tar_header, to_record, write_shards
+from tolclip.data.shards import tar_header, to_record, write_shards
 
 from helpers import make_samples
 

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tolclip.sources import (
+from tolclip.curate.sources import (
     ADAPTERS,
     Problem,
     SourceRecord,

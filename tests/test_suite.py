@@ -15,14 +15,17 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from PIL import Image
 
-from tolclip.checkpoints import Preprocess
-from tolclip.features import FeatureCache, extract_image_features
-from tolclip.report import suite_table, write_suite
-from tolclip.suite import EvalModel, evaluate, load_eval_model
-from tolclip.tasks import TaskError, load_task
-from tolclip.train import CONFIG_DIR, train
+from tolclip.data.transforms import Preprocess
+from tolclip.evaluation.features import FeatureCache, extract_image_features
+from tolclip.evaluation.report import suite_table, write_suite
+from tolclip.evaluation.suite import EvalModel, evaluate, load_eval_model
+from tolclip.evaluation.tasks import TaskError, load_task
+from tolclip.core.resources import config_dir
+from tolclip.training.run import train
 
 from helpers import MICRO, make_cfg
+
+CONFIG_DIR = str(config_dir())
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -35,7 +38,7 @@ FAST = ["suite.templates=single", "suite.few_shot.folds=2", "suite.intrinsic.max
 
 def task_config(name: str, *overrides: str) -> dict:
     with initialize_config_dir(version_base="1.3", config_dir=CONFIG_DIR):
-        cfg = compose("eval_suite", overrides=[f"paths.root_dir={ROOT}", f"eval/task={name}", *overrides])
+        cfg = compose("eval_suite", overrides=[f"paths.root_dir={ROOT}", f"suite/task={name}", *overrides])
     return OmegaConf.to_container(cfg.task, resolve=True)
 
 
@@ -211,8 +214,8 @@ def test_make_eval_suite_multirun_writes_the_table(trained_run: Path, tmp_path: 
     folder = write_open_clip_folder(tmp_path / "random_openclip")
     (conf / "t_random.yaml").write_text(f"# @package model\nkind: open_clip\npath: {folder}\nname: random\n")
     sweep = tmp_path / "sweep"
-    cmd = [sys.executable, "-m", "tolclip.suite", "-m", "eval/model=t_ours,t_random",
-           "eval/task=shared_mushrooms,shared_butterflies", "task.max_per_class=6", *FAST,
+    cmd = [sys.executable, "-m", "tolclip.evaluation.suite", "-m", "suite/model=t_ours,t_random",
+           "suite/task=shared_mushrooms,shared_butterflies", "task.max_per_class=6", *FAST,
            f"suite.cache_dir={tmp_path / 'cache'}", f"hydra.searchpath=[file://{tmp_path / 'conf'}]",
            f"hydra.sweep.dir={sweep}", f"paths.root_dir={ROOT}"]
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
@@ -233,7 +236,7 @@ def test_make_eval_suite_multirun_writes_the_table(trained_run: Path, tmp_path: 
 
 
 def test_missing_benchmark_is_one_line_not_a_trace(tmp_path: Path) -> None:
-    cmd = [sys.executable, "-m", "tolclip.suite", "eval/task=birds525", "eval/model=random_openclip_b16",
+    cmd = [sys.executable, "-m", "tolclip.evaluation.suite", "suite/task=birds525", "suite/model=random_openclip_b16",
            f"benchmark_dir={tmp_path / 'nowhere'}", f"paths.data_dir={tmp_path}", f"hydra.run.dir={tmp_path / 'run'}"]
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert done.returncode == 2

@@ -12,24 +12,25 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
-from tolclip.clip_module import CLIPLitModule
-from tolclip.shards import Sample, encode_jpeg, write_shards
-from tolclip.supervised import SpeciesEvaluation, SupervisedLitModule, load_supervised, scan_species
-from tolclip.taxonomy import Taxon
-from tolclip.towers import CLIP
-from tolclip.train import CONFIG_DIR, net_config, train
+from tolclip.training.clip_module import CLIPLitModule
+from tolclip.data.shards import Sample, write_shards
+from tolclip.data.images import encode_jpeg
+from tolclip.data.shards import scan_species
+from tolclip.models.interop import load_classifier
+from tolclip.training.callbacks import SkippedSamples, SpeciesEvaluation
+from tolclip.training.supervised import SupervisedLitModule
+from tolclip.core.taxonomy import Taxon
+from tolclip.models.towers import CLIP
+from tolclip.core.resources import config_dir
+from tolclip.models.config import net_config
+from tolclip.training.run import train
 
 from helpers import TAXA, make_cfg
 
-# A supervised model small enough that a few steps take about a second.
-MICRO = [
-    "model.net.embed_dim=32",
-    "model.net.vision.width=32",
-    "model.net.vision.layers=1",
-    "model.net.vision.heads=1",
-    "model.net.vision.image_size=32",
-    "model.scheduler.warmup_steps=2",
-]
+CONFIG_DIR = str(config_dir())
+
+# A supervised model small enough that a few steps take about a second: the micro towers.
+MICRO = ["model/net=micro", "model.scheduler.warmup_steps=2"]
 NO_SPECIES = Taxon.clean(kingdom="Animalia", phylum="Chordata", **{"class": "Aves"}, genus="Corvus")
 UNSEEN = Taxon.clean(
     kingdom="Animalia",
@@ -121,7 +122,7 @@ def test_training_learns_the_toy_species_and_counts_samples_without_species(trai
     assert trainer.global_step == 6 * trained["epochs"]
     assert model.unlabelled_total == UNLABELLED * trained["epochs"]  # every sample seen once per epoch
     assert trained["metrics"]["train/unlabelled_samples"] == model.unlabelled_total
-    assert model.skipped_total == 0
+    assert next(c for c in trainer.callbacks if isinstance(c, SkippedSamples)).total == 0
 
     rows = list(csv.DictReader(next((trained["run_dir"] / "csv").rglob("metrics.csv")).open()))
     losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
@@ -144,7 +145,7 @@ def test_checkpoint_carries_the_classes_and_loads_back_with_the_same_features(tr
     expected = scan_species(sorted(str(p) for p in (toy_shards / "train").glob("*.tar")))
     assert [tuple(c) for c in saved["hyper_parameters"]["species_classes"]] == expected
 
-    module, classes = load_supervised(ckpt)
+    module, classes = load_classifier(ckpt)
     assert classes == expected == trained["model"].species_classes
     assert not module.training
     images = torch.randn(3, 3, 32, 32)
@@ -157,7 +158,7 @@ def test_checkpoint_carries_the_classes_and_loads_back_with_the_same_features(tr
         torch.testing.assert_close(feats.norm(dim=-1), torch.ones(3))
         raw = module.encode_image(images, normalize=False)
     # Pre-classifier features: the head applied to them gives the logits.
-    torch.testing.assert_close(module.net.head(raw), module(images))
+    torch.testing.assert_close(module.head(raw), module(images))
 
 
 def test_resume_continues_the_run_and_its_counts(trained, toy_shards, tmp_path):
@@ -197,25 +198,25 @@ def test_non_supervised_checkpoints_are_a_clear_error(tmp_path):
         {"state_dict": clip.state_dict(), "hyper_parameters": dict(clip.hparams)}, tmp_path / "clip.ckpt"
     )
     with pytest.raises(ValueError, match="not a supervised tolclip checkpoint"):
-        load_supervised(tmp_path / "clip.ckpt")
+        load_classifier(tmp_path / "clip.ckpt")
     (tmp_path / "junk.ckpt").write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="could not be read"):
-        load_supervised(tmp_path / "junk.ckpt")
+        load_classifier(tmp_path / "junk.ckpt")
     with pytest.raises(FileNotFoundError):
-        load_supervised(tmp_path / "missing.ckpt")
+        load_classifier(tmp_path / "missing.ckpt")
 
 
 @pytest.mark.parametrize(
     ("supervised", "clip"), [("supervised_tiny", "tiny"), ("supervised_vit_b16", "vit_b16")]
 )
 def test_model_configs_mirror_the_clip_towers_and_optimiser(supervised, clip):
-    sup = OmegaConf.load(Path(CONFIG_DIR) / "model" / f"{supervised}.yaml")
-    ref = OmegaConf.load(Path(CONFIG_DIR) / "model" / f"{clip}.yaml")
+    sup = make_cfg(Path("/nonexistent"), [f"model={supervised}"]).model
+    ref = make_cfg(Path("/nonexistent"), [f"model={clip}"]).model
     assert sup.net.embed_dim == ref.net.embed_dim and sup.net.vision == ref.net.vision
     assert sup.optimizer == ref.optimizer and sup.scheduler == ref.scheduler
     cfg = make_cfg(Path("/nonexistent"), ["experiment=supervised", f"model={supervised}"])
     assert cfg.model.net.vision.width == ref.net.vision.width  # the command line's model wins
-    assert cfg.callbacks.zero_shot is None and cfg.callbacks.species_eval is not None
+    assert cfg.callbacks.get("zero_shot") is None and cfg.callbacks.species_eval is not None
 
 
 def test_experiment_trains_on_the_embedded_synthetic_data(tmp_path):
@@ -246,10 +247,10 @@ def test_experiment_trains_on_the_embedded_synthetic_data(tmp_path):
 
 
 def test_the_benchmark_suite_evaluates_the_supervised_baseline(trained, tmp_path):
-    """`eval/model=supervised`: image features only, so few-shot and linear probe but no zero-shot."""
-    from tolclip.features import FeatureCache
-    from tolclip.suite import evaluate, load_eval_model
-    from tolclip.tasks import Task
+    """`suite/model=supervised`: image features only, so few-shot and linear probe but no zero-shot."""
+    from tolclip.evaluation.features import FeatureCache
+    from tolclip.evaluation.suite import evaluate, load_eval_model
+    from tolclip.evaluation.tasks import Task
 
     model = load_eval_model({"kind": "supervised", "path": str(trained["run_dir"] / "checkpoints" / "last.ckpt")})
     assert not model.has_text and model.preprocess.image_size == 32

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tolclip import synthetic
-from tolclip.captions import TEXT_TYPES, all_captions, caption
-from tolclip.shards import decode_taxon, iter_records
-from tolclip.synthetic import SyntheticConfig, build_synthetic_dataset, build_tree, render
-from tolclip.taxonomy import RANKS, Taxon
+from tolclip.data.synthetic import dataset as synthetic
+from tolclip.core.captions import TEXT_TYPES, all_captions, caption
+from tolclip.data.shards import decode_taxon, iter_records
+from tolclip.data.synthetic import SyntheticConfig, build_synthetic_dataset, build_tree, render
+from tolclip.core.taxonomy import RANKS, Taxon
 
 # 3 kingdoms x 2 phyla x 2 genera x 3 species (1 unseen): 36 species, 264 images, well under a second.
 SMALL = SyntheticConfig(
@@ -166,7 +166,7 @@ def test_main_prints_counts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
 
 def _token_counter():
     try:
-        from tolclip.tokenizer import get_tokenizer
+        from tolclip.core.tokenizer import get_tokenizer
     except ImportError:  # rough fallback: a CLIP BPE token per ~3 letters of an invented word
         return lambda text: sum(max(1, -(-len(w) // 3)) for w in text.replace("-", " - ").split())
     tok = get_tokenizer()

@@ -2,7 +2,7 @@ import random
 
 import pytest
 
-from tolclip.captions import (
+from tolclip.core.captions import (
     TEXT_TYPES,
     all_captions,
     caption,
@@ -11,7 +11,7 @@ from tolclip.captions import (
     name,
     rank_name,
 )
-from tolclip.taxonomy import RANKS, Taxon, clean_name
+from tolclip.core.taxonomy import RANKS, Taxon, clean_name
 
 RAVEN = dict(
     kingdom="Animalia",

@@ -1,4 +1,4 @@
-"""tolclip.tokenizer must give exactly the token ids of open_clip's CLIP tokenizer (the reference)."""
+"""tolclip.core.tokenizer must give exactly the token ids of open_clip's CLIP tokenizer (the reference)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tolclip.tokenizer import DEFAULT_CONTEXT_LENGTH, Tokenizer, clean_text, get_tokenizer
+from tolclip.core.tokenizer import DEFAULT_CONTEXT_LENGTH, Tokenizer, clean_text, get_tokenizer
 
 # kingdom|phylum|class|order|family|genus|species epithet|common name (may be empty); \t is a tab
 _TAXA_TABLE = """
@@ -245,13 +245,13 @@ def test_clean_text() -> None:
 
 
 def test_vocab_is_package_data() -> None:
-    assets = resources.files("tolclip").joinpath("assets")
+    assets = resources.files("tolclip.core").joinpath("assets")
     assert assets.joinpath("bpe_simple_vocab_16e6.txt.gz").is_file()
     assert "MIT" in assets.joinpath("README.md").read_text(encoding="utf-8")
 
 
 def test_runtime_does_not_import_open_clip() -> None:
-    import tolclip.tokenizer as module
+    import tolclip.core.tokenizer as module
 
     tree = ast.parse(Path(module.__file__).read_text(encoding="utf-8"))
     imported = itertools.chain.from_iterable(

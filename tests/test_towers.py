@@ -1,4 +1,4 @@
-"""Tests for tolclip.towers (timm image tower, HF text tower, CLIP wrapper) and its open_clip equivalence."""
+"""Tests for tolclip.models.towers (timm image tower, HF text tower, CLIP wrapper) and its open_clip equivalence."""
 
 from __future__ import annotations
 
@@ -12,13 +12,13 @@ from omegaconf import OmegaConf
 from timm.layers.activations import QuickGELU
 from transformers.activations import QuickGELUActivation
 
-from tolclip.openclip_convert import (
+from tolclip.models.open_clip_keys import (
     open_clip_kwargs,
     open_clip_state_dict_to_ours,
     ours_state_dict_to_open_clip,
 )
-from tolclip.towers import CLIP, ImageTower, TextTower
-from tolclip.train import net_config
+from tolclip.models.towers import CLIP, ImageTower, TextTower
+from tolclip.models.config import net_config
 
 SOT, EOT = 49406, 49407
 

@@ -5,9 +5,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from tolclip.eval import evaluate
-from tolclip.shards import encode_jpeg
-from tolclip.train import train
+from tolclip.cli.eval import evaluate
+from tolclip.data.images import encode_jpeg
+from tolclip.training.callbacks import SkippedSamples
+from tolclip.training.run import train
 
 from helpers import MICRO, add_raw_member, colour_image, make_cfg
 
@@ -42,7 +43,7 @@ def test_eval_entry_point_reproduces_end_of_training_results(small_shards, tmp_p
     at_end = {(r.eval_set, r.rank): r.top1 for r in out["zero_shot"] if r.text_type == "taxon"}
     ckpt = tmp_path / "train" / "run" / "checkpoints" / "last.ckpt"
     data = [o for o in shard_overrides(small_shards) if o.startswith(("data", "+data"))]
-    cfg = make_cfg(tmp_path / "eval", [*data, *MICRO[:-1], f"ckpt_path={ckpt}", "zero_shot.text_types=[taxon]",
+    cfg = make_cfg(tmp_path / "eval", [*data, *MICRO, f"ckpt_path={ckpt}", "zero_shot.text_types=[taxon]",
                                        "zero_shot.templates=single"], config_name="eval")
     results = evaluate(cfg)
     assert {(r.eval_set, r.rank): r.top1 for r in results} == at_end  # last.ckpt holds the final weights
@@ -52,7 +53,7 @@ def test_eval_entry_point_reproduces_end_of_training_results(small_shards, tmp_p
 def test_eval_with_wrong_architecture_is_a_clear_error(small_shards, tmp_path):
     train(make_cfg(tmp_path / "train", [*shard_overrides(small_shards), "trainer.max_epochs=1"]))
     ckpt = tmp_path / "train" / "run" / "checkpoints" / "last.ckpt"
-    cfg = make_cfg(tmp_path / "eval", [f"ckpt_path={ckpt}", "model.net.embed_dim=24", *MICRO[1:-1]],
+    cfg = make_cfg(tmp_path / "eval", [f"ckpt_path={ckpt}", *MICRO, "model.net.embed_dim=24"],
                    config_name="eval")
     with pytest.raises(ValueError, match="does not match the model config"):
         evaluate(cfg)
@@ -115,7 +116,7 @@ def test_training_survives_corrupt_samples_and_counts_them(small_shards, tmp_pat
                               "trainer.max_steps=5", "trainer.max_epochs=1"])
     out = train(cfg)
     assert out["trainer"].global_step == 5  # 40 good samples / batch 8
-    assert out["model"].skipped_total == 8
+    assert next(c for c in out["trainer"].callbacks if isinstance(c, SkippedSamples)).total == 8
     assert out["metrics"]["train/skipped_samples"] == 8
 
 

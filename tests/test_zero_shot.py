@@ -1,8 +1,8 @@
 import open_clip.zero_shot_metadata as ocz
 import torch
 
-from tolclip.taxonomy import Taxon
-from tolclip.zero_shot import OPENAI_IMAGENET_TEMPLATES, evaluate_ranks, results_table, text_classifier
+from tolclip.core.taxonomy import Taxon
+from tolclip.evaluation.zero_shot import OPENAI_IMAGENET_TEMPLATES, evaluate_ranks, results_table, text_classifier
 
 WORDS: dict[str, int] = {}
 

@@ -1,0 +1,1 @@
+"""tolclip's Hydra configs, shipped with the package (this folder is `tolclip.configs` once installed)."""

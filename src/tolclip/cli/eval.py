@@ -1,0 +1,46 @@
+"""Evaluation entry point: `tolclip-eval ckpt_path=...` (Hydra; configs/eval.yaml).
+
+Loads the CLIP net from a training checkpoint and prints zero-shot accuracy at every rank on the
+data config's evaluation sets, as the end of training does; results also go to a CSV.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig
+
+from tolclip.core.resources import CONFIG_PATH
+from tolclip.core.templates import templates_for
+from tolclip.evaluation.zero_shot import RankResult, evaluate_datamodule, print_results, write_csv
+from tolclip.models.interop import load_net, run_net_config
+from tolclip.training.run import instantiate_datamodule
+
+
+def evaluate(cfg: DictConfig) -> list[RankResult]:
+    ckpt_path = Path(cfg.ckpt_path)
+    net_cfg = run_net_config(ckpt_path, cfg.model.net)
+    net = load_net(ckpt_path, net_cfg)  # a missing file fails here, with its path
+    # Images must match the architecture the checkpoint has, whatever model group was given.
+    cfg.data.image_size = net_cfg.vision.image_size
+    datamodule = instantiate_datamodule(cfg)
+    datamodule.prepare_data()
+    zs = cfg.zero_shot
+    results = evaluate_datamodule(
+        net, datamodule, list(zs.text_types), templates_for(zs.templates), context_length=zs.context_length
+    )
+    print_results(results)
+    if zs.output_csv:
+        write_csv(results, Path(cfg.paths.output_dir) / zs.output_csv, checkpoint=str(ckpt_path))
+    return results
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="eval")
+def main(cfg: DictConfig) -> Any:
+    evaluate(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Shared vocabulary of every stage: taxa and lineages, caption text types and prompt templates, the tokenizer, constants."""

@@ -1,0 +1,182 @@
+"""The Lightning DataModules: a training stream plus named evaluation sets, read from shards."""
+
+from __future__ import annotations
+
+import fcntl
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from torch.utils.data import DataLoader
+
+from tolclip.core.captions import MIXED, TEXT_TYPES, check_text_type
+from tolclip.core.taxonomy import SpeciesKey, species_key
+from tolclip.data.shards import scan_species
+from tolclip.data.stream import ShardStream, StreamConfig, expand_shards
+from tolclip.data.transforms import eval_transform, train_transform
+
+
+class ShardDataModule(L.LightningDataModule):
+    """Train stream plus named evaluation sets, all read from Tree-of-Life shards.
+
+    `text_type` selects the caption (`mixed` tokenizes all five so the model can draw per step or
+    per sample). `batch_size` is per device; `epoch_samples` is the global number of samples in one
+    epoch of a resampled stream.
+
+    `targets` is what a training batch carries beside its images: `captions` (tokens, for CLIP) or
+    `species` (each sample's `species_key`, None without a species, for the supervised baseline).
+    `generate` (kwargs of `build_synthetic_dataset`) makes `prepare_data` write the synthetic tree of
+    life first: the embedded default data.
+    """
+
+    def __init__(
+        self,
+        train_shards: str | Sequence[str] | None,
+        eval_sets: dict[str, str | Sequence[str]] | None = None,
+        text_type: str = "mixed",
+        image_size: int = 224,
+        context_length: int = 77,
+        batch_size: int = 256,
+        eval_batch_size: int | None = None,
+        num_workers: int = 4,
+        shuffle_buffer: int = 5000,
+        resampled: bool = True,
+        epoch_samples: int | None = None,
+        crop_scale: tuple[float, float] = (0.9, 1.0),
+        seed: int = 0,
+        targets: str = "captions",
+        generate: Mapping[str, Any] | None = None,
+    ):
+        super().__init__()
+        check_text_type(text_type)
+        if targets not in ("captions", "species"):
+            raise ValueError(f"data.targets must be 'captions' or 'species', not {targets!r}")
+        if resampled and train_shards is not None and not epoch_samples:
+            raise ValueError("a resampled train stream needs epoch_samples (samples per epoch, all ranks)")
+        self.train_shards = train_shards
+        self.eval_sets = dict(eval_sets or {})
+        self.text_type = text_type
+        self.text_types = TEXT_TYPES if text_type == MIXED else (text_type,)
+        self.image_size = image_size
+        self.context_length = context_length
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.shuffle_buffer = shuffle_buffer
+        self.resampled = resampled
+        self.epoch_samples = epoch_samples
+        self.crop_scale = tuple(crop_scale)
+        self.seed = seed
+        self.targets = targets
+        self.generate = dict(generate) if generate else None
+        self._train: ShardStream | None = None
+
+    def prepare_data(self) -> None:
+        """Write the synthetic shards when configured (once: a complete set is reused).
+
+        Lightning calls this on one process per node; the file lock also keeps separate runs
+        started together (a sweep) from writing the same folder at once.
+        """
+        if not self.generate:
+            return
+        from tolclip.data.synthetic import build_synthetic_dataset
+
+        out_dir = Path(self.generate["out_dir"])
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        with open(out_dir.parent / f".{out_dir.name}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            build_synthetic_dataset(**self.generate)
+
+    @property
+    def skipped_samples(self) -> int:
+        """Training samples this rank has skipped as unreadable in the current epoch."""
+        return int(self._train.skipped.value) if self._train is not None else 0
+
+    def _world_size(self) -> int:
+        return self.trainer.world_size if self.trainer is not None else 1
+
+    def train_batches_per_epoch(self) -> int | None:
+        """Batches per epoch on each rank for a resampled stream (None for a finite one).
+
+        Known without building a loader, so the LR schedule can be sized before any data is read.
+        """
+        if not self.resampled:
+            return None
+        workers = max(1, self.num_workers)
+        return max(1, math.ceil(self.epoch_samples / (self.batch_size * workers * self._world_size()))) * workers
+
+    def train_stream(self) -> ShardStream:
+        if self.train_shards is None:
+            raise ValueError("data.train_shards is not set")
+        per_epoch = self.train_batches_per_epoch()
+        per_worker = None if per_epoch is None else per_epoch // max(1, self.num_workers)
+        stream = ShardStream(
+            StreamConfig(
+                urls=expand_shards(self.train_shards),
+                batch_size=self.batch_size,
+                image_transform=train_transform(self.image_size, self.crop_scale),
+                # Species targets need the taxon, not tokens of captions the classifier never reads.
+                text_types=self.text_types if self.targets == "captions" else (),
+                context_length=self.context_length,
+                shuffle_buffer=self.shuffle_buffer,
+                resampled=self.resampled,
+                batches_per_worker=per_worker,
+                seed=self.seed,
+                partial=False,
+                num_workers=max(1, self.num_workers),
+            )
+        )
+        return stream
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called at each epoch start; workers are re-created per epoch and copy the stream then."""
+        if self._train is not None:
+            self._train.epoch = epoch
+            with self._train.skipped.get_lock():
+                self._train.skipped.value = 0
+
+    def train_dataloader(self) -> DataLoader:
+        self._train = self.train_stream()
+        # On resume the loader is built (and its first iterator started) before the first epoch
+        # hook runs, so start at the epoch about to run: Lightning counts it as "processed"
+        # epochs, which is what it gives samplers too (current_epoch lags after a resume).
+        self.set_epoch(self.trainer.fit_loop.epoch_progress.current.processed if self.trainer is not None else 0)
+        return DataLoader(
+            self._train,
+            batch_size=None,
+            num_workers=self.num_workers,
+            persistent_workers=False,
+            prefetch_factor=4 if self.num_workers else None,
+        )
+
+    def eval_dataloader(self, name: str) -> DataLoader:
+        """Loader for one named evaluation set: images with their taxa, in shard order."""
+        if name not in self.eval_sets:
+            raise KeyError(f"no eval set {name!r}; configured: {sorted(self.eval_sets)}")
+        urls = expand_shards(self.eval_sets[name])
+        stream = ShardStream(
+            StreamConfig(
+                urls=urls,
+                batch_size=self.eval_batch_size,
+                image_transform=eval_transform(self.image_size),
+                split_by_rank=False,
+            )
+        )
+        # Workers split the shard list, so more workers than shards would only sit idle.
+        return DataLoader(stream, batch_size=None, num_workers=min(self.num_workers, len(urls)))
+
+    def on_before_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        # Taxa become species keys (tuples of names) before Lightning moves the batch to the
+        # device: it rebuilds every dataclass it meets, and a Taxon is frozen.
+        if self.targets == "species" and "taxon" in batch:
+            batch = dict(batch)
+            batch["species"] = [species_key(t) for t in batch.pop("taxon")]
+        return batch
+
+    def species_classes(self) -> list[SpeciesKey]:
+        """The label vocabulary: every species in the training shards, sorted."""
+        if self.train_shards is None:
+            raise ValueError("data.train_shards is not set")
+        return scan_species(expand_shards(self.train_shards))

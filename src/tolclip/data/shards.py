@@ -1,0 +1,231 @@
+"""The Tree-of-Life shard format: one webdataset sample per image (see docs/shards.md).
+
+Writing goes through `ShardWriter` for every producer (synthetic data, curation), so the format
+is defined in exactly one place. Reading lives in `datamodule.py`; `decode_taxon` is shared.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import json
+import logging
+import os
+import tarfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import webdataset as wds
+from PIL import Image
+
+from tolclip.core.captions import all_captions
+from tolclip.core.taxonomy import SpeciesKey, Taxon, species_key
+
+log = logging.getLogger(__name__)
+
+SHARD_PATTERN = "shard-%06d.tar"
+TAXON_FILE = "taxon.json"
+IMAGE_FILE = "jpg"
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image with its taxon, ready to be written. `image` is encoded JPEG bytes."""
+
+    key: str
+    image: bytes
+    taxon: Taxon
+    source: str = ""
+    source_id: str = ""
+
+
+def to_record(sample: Sample) -> dict[str, object]:
+    """The webdataset dict for one sample: image, taxon.json and the ToL-10M text files."""
+    if "." in sample.key or "/" in sample.key:
+        # webdataset splits keys at the first dot; a dot or slash would corrupt the grouping.
+        raise ValueError(f"sample key {sample.key!r} may not contain '.' or '/'")
+    taxon_dict, texts = _taxon_files(sample.taxon)
+    meta = {**taxon_dict, "source": sample.source, "source_id": sample.source_id}
+    return {
+        "__key__": sample.key,
+        IMAGE_FILE: sample.image,
+        TAXON_FILE: json.dumps(meta, ensure_ascii=False).encode("utf-8"),
+        **texts,
+    }
+
+
+@functools.lru_cache(maxsize=65536)
+def _taxon_files(taxon: Taxon) -> tuple[dict[str, str], dict[str, bytes]]:
+    # Many samples share a taxon: build its captions once (they cost as much as the tar writing).
+    return taxon.to_dict(), {name: text.encode("utf-8") for name, text in all_captions(taxon).items()}
+
+
+def decode_taxon(raw: bytes | str | dict) -> Taxon:
+    meta = json.loads(raw) if isinstance(raw, bytes | str) else raw
+    return Taxon.from_dict(meta)
+
+
+# ------------------------------------------------------------------------------------- tar writing
+# Shards are plain POSIX ustar archives, read by webdataset (Python's tarfile) and GNU tar. We
+# write the headers ourselves: tarfile builds each one in Python (~10 us), and a sample has ~10
+# members, which made shard writing as slow as decoding the image (docs/benchmarks.md).
+
+_BLOCK = 512
+_RECORD = 20 * _BLOCK  # tar's record size: archives end padded to a multiple of it
+_MODE = 0o444
+
+
+def _header_template() -> tuple[bytes, int]:
+    info = tarfile.TarInfo("x")
+    info.mode, info.mtime, info.uname, info.gname = _MODE, 0, "", ""
+    head = bytearray(info.tobuf(tarfile.USTAR_FORMAT))
+    head[0:100] = bytes(100)
+    head[124:136] = bytes(12)
+    head[148:156] = b" " * 8  # the checksum counts its own field as spaces
+    return bytes(head), sum(head)
+
+
+_TEMPLATE, _TEMPLATE_SUM = _header_template()
+
+
+def tar_header(name: str, size: int) -> bytes:
+    """The ustar header of a regular file: mode 0444, owner 0, mtime 0 (equal to tarfile's)."""
+    raw = name.encode("utf-8")
+    if len(raw) > 100 or not raw.isascii():
+        # Long or non-ASCII names need a pax extended header; rare here, so let tarfile do it.
+        info = tarfile.TarInfo(name)
+        info.size, info.mode, info.mtime, info.uname, info.gname = size, _MODE, 0, "", ""
+        return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+    size_field = b"%011o\0" % size
+    head = bytearray(_TEMPLATE)
+    head[0 : len(raw)] = raw
+    head[124:136] = size_field
+    head[148:156] = b"%06o\0 " % (_TEMPLATE_SUM + sum(raw) + sum(size_field))
+    return bytes(head)
+
+
+def record_blob(record: dict[str, object]) -> bytes:
+    """One webdataset record as tar members (header, data, padding each): a shard is their
+    concatenation plus the end-of-archive marker, so samples can be encoded anywhere, in any order."""
+    key = record["__key__"]
+    parts = []
+    for ext, data in record.items():
+        if ext == "__key__":
+            continue
+        if not isinstance(data, bytes):
+            raise TypeError(f"{key}.{ext}: tar members must be bytes, got {type(data).__name__}")
+        parts.append(tar_header(f"{key}.{ext}", len(data)))
+        parts.append(data)
+        if len(data) % _BLOCK:
+            parts.append(bytes(_BLOCK - len(data) % _BLOCK))
+    return b"".join(parts)
+
+
+class TarShard:
+    """One shard file being written: members appended, end-of-archive marker on `close`."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self._fh = open(self.path, "wb")  # noqa: SIM115 - closed by close()
+        self.size = 0
+        self.count = 0
+
+    def write(self, record: dict[str, object]) -> None:
+        """Write one webdataset record: `__key__` plus extension -> bytes."""
+        self.write_blob(record_blob(record))
+
+    def write_blob(self, blob: bytes) -> None:
+        """Append one sample's members as `record_blob` built them (perhaps in another process)."""
+        self._fh.write(blob)
+        self.size += len(blob)
+        self.count += 1
+
+    def close(self) -> None:
+        end = self.size + 2 * _BLOCK
+        self._fh.write(bytes(2 * _BLOCK + (-end) % _RECORD))
+        self._fh.close()
+
+
+def write_shards(
+    samples: Iterable[Sample],
+    out_dir: str | os.PathLike,
+    max_count: int = 10_000,
+    max_bytes: int = 1 << 30,
+) -> list[Path]:
+    """Write samples to `out_dir/shard-000000.tar, ...`; returns the shard paths in order.
+
+    A shard is closed before a sample that would take it past `max_count` samples or past
+    `max_bytes` (a shard always holds at least one sample).
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    shard: TarShard | None = None
+    try:
+        for sample in samples:
+            blob = record_blob(to_record(sample))
+            if shard is not None and (shard.count >= max_count or shard.size + len(blob) > max_bytes):
+                shard.close()
+                shard = None
+            if shard is None:
+                shard = TarShard(out / (SHARD_PATTERN % len(written)))
+                written.append(shard.path)
+            shard.write_blob(blob)
+    finally:
+        if shard is not None:
+            shard.close()
+    return written
+
+
+def has_tar_end(path: str | os.PathLike) -> bool:
+    """Whether a local tar ends with its end-of-archive marker (two zero blocks).
+
+    Python's tarfile reads a tar cut at a member boundary as if it ended there, so without this
+    check the samples after the cut would vanish without a trace.
+    """
+    with open(path, "rb") as fh:
+        fh.seek(0, os.SEEK_END)
+        if fh.tell() < 1024:
+            return False
+        fh.seek(-1024, os.SEEK_END)
+        return not any(fh.read(1024))
+
+
+def shard_spec(paths: list[Path]) -> str:
+    """A brace pattern covering consecutive shards written by `write_shards`."""
+    if not paths:
+        raise ValueError("no shards were written")
+    if len(paths) == 1:
+        return str(paths[0])
+    first, last = paths[0].stem.split("-")[-1], paths[-1].stem.split("-")[-1]
+    return str(paths[0].parent / f"shard-{{{first}..{last}}}.tar")
+
+
+def iter_records(url: str) -> Iterator[dict]:
+    """Raw records of one local shard, for tools and tests (training uses the DataModule)."""
+    yield from wds.WebDataset(url, shardshuffle=False)
+
+
+def scan_species(urls: Iterable[str]) -> list[SpeciesKey]:
+    """The sorted species vocabulary of local shards, from their taxon.json members alone.
+
+    Reads tar headers and skips over the image data, so it costs little next to one epoch. A
+    damaged shard contributes what can be read before the damage, as it does in training.
+    """
+    found: set[SpeciesKey] = set()
+    for url in urls:
+        if url.startswith("pipe:") or "://" in url:
+            raise ValueError(
+                f"the species vocabulary is read from local shards before training; {url} is not a local file"
+            )
+        try:
+            with tarfile.open(url, "r:") as tar:
+                for member in tar:
+                    if member.isfile() and member.name.endswith("." + TAXON_FILE):
+                        key = species_key(decode_taxon(tar.extractfile(member).read()))
+                        if key is not None:
+                            found.add(key)
+        except (tarfile.TarError, EOFError, OSError, ValueError) as exn:
+            log.warning("species vocabulary: %s is damaged, using what was read before it: %s", url, exn)
+    return sorted(found)

@@ -1,0 +1,123 @@
+"""Image features and class-text embeddings of a model on a task, extracted once and cached on disk.
+
+Every evaluation (zero-shot, few-shot, linear probe, rank-level, intrinsic) reads the same frozen,
+L2-normalised features, so a model × task pair is encoded once. The cache key covers what changes
+the numbers: the model's weights file (path, size, mtime) and architecture, the preprocessing, and
+the task's files and labels (and, for text, the class names and templates).
+
+Unreadable images are not dropped silently: they are left out of the features and listed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from tolclip.data.images import ImageError, load_image
+
+__all__ = ["FeatureCache", "ImageFeatures", "extract_image_features", "file_stamp", "fingerprint"]
+
+
+def fingerprint(*parts: Any) -> str:
+    """A short stable hash of JSON-able parts."""
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(json.dumps(part, sort_keys=True, default=str).encode())
+    return h.hexdigest()[:20]
+
+
+def file_stamp(path: str | os.PathLike) -> list[list[Any]]:
+    """(path, size, mtime) of a file, or of every file under a folder: changes when the weights do."""
+    p = Path(path)
+    files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
+    return [[str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns] for f in files if f.exists()]
+
+
+@dataclass
+class ImageFeatures:
+    features: torch.Tensor  # [M, D] float32, L2-normalised, for the readable images
+    index: torch.Tensor  # [M] positions of those images in the task
+    failed: list[str] = field(default_factory=list)  # "path: reason" for the unreadable ones
+
+
+class _Images(Dataset):
+    def __init__(self, paths: Sequence[str], transform: Callable) -> None:
+        self.paths, self.transform = list(paths), transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str]:
+        try:
+            return i, self.transform(load_image(self.paths[i])), ""
+        except ImageError as err:
+            return i, None, err.reason
+
+
+def _collate(batch: list[tuple[int, torch.Tensor | None, str]]) -> tuple[list[int], torch.Tensor | None, list]:
+    ok = [(i, x) for i, x, _ in batch if x is not None]
+    bad = [(i, reason) for i, x, reason in batch if x is None]
+    images = torch.stack([x for _, x in ok]) if ok else None
+    return [i for i, _ in ok], images, bad
+
+
+@torch.inference_mode()
+def extract_image_features(
+    encode_image: Callable[[torch.Tensor], torch.Tensor],
+    transform: Callable,
+    paths: Sequence[str],
+    batch_size: int = 64,
+    num_workers: int = 0,
+    device: str | torch.device = "cpu",
+) -> ImageFeatures:
+    """Normalised features of every readable image, in task order; unreadable ones are listed."""
+    on_gpu = torch.device(device).type == "cuda"
+    loader = DataLoader(_Images(paths, transform), batch_size=batch_size, num_workers=num_workers,
+                        collate_fn=_collate, shuffle=False, pin_memory=on_gpu)
+    feats, index, failed = [], [], []
+    for idx, images, bad in loader:
+        failed += [f"{paths[i]}: {reason}" for i, reason in bad]
+        if images is None:
+            continue
+        out = encode_image(images.to(device, non_blocking=on_gpu))
+        feats.append(torch.nn.functional.normalize(out.float(), dim=-1).cpu())
+        index += idx
+    if not feats:
+        raise ValueError(f"none of the {len(paths)} images could be read (first: {failed[:1]})")
+    return ImageFeatures(torch.cat(feats), torch.tensor(index, dtype=torch.long), failed)
+
+
+class FeatureCache:
+    """`root/<kind>-<key>.pt` files; a corrupt or foreign file is recomputed, never trusted."""
+
+    def __init__(self, root: str | os.PathLike | None) -> None:
+        self.root = Path(root) if root else None
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, kind: str, key: str, compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        path = self.root / f"{kind}-{key}.pt" if self.root else None
+        if path is not None and path.exists():
+            try:
+                data = torch.load(path, map_location="cpu", weights_only=True)
+                if data.get("key") == key:
+                    self.hits += 1
+                    return data
+            except Exception:  # noqa: BLE001 - any unreadable cache file is simply recomputed
+                pass
+        self.misses += 1
+        data = {**compute(), "key": key}
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            torch.save(data, tmp)
+            os.replace(tmp, path)  # a reader never sees half a file
+        return data

@@ -1,0 +1,185 @@
+"""Zero-shot classification at every taxonomic rank, for seen and unseen species.
+
+A class is a lineage cut at a rank (two genera with the same name in different families are two
+classes). Its text embedding is the mean of the normalised embeddings of its name in every prompt
+template, renormalised, as in CLIP. The classes of a rank are the union over all evaluation sets,
+so seen and unseen species compete with each other, as they would in the field.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from tolclip.core.captions import check_text_type, rank_name
+from tolclip.core.taxonomy import RANKS, Taxon, lineage, rank_classes
+from tolclip.core.templates import OPENAI_IMAGENET_TEMPLATES, templates_for
+from tolclip.core.tokenizer import get_tokenizer
+
+log = logging.getLogger(__name__)
+
+@torch.no_grad()
+def text_classifier(
+    model: torch.nn.Module,
+    tokenizer: Callable[[Sequence[str]], torch.Tensor],
+    class_names: Sequence[str],
+    templates: Sequence[str],
+    batch_size: int = 512,
+) -> torch.Tensor:
+    """[C, D] class embeddings: per class, the renormalised mean over templates."""
+    device = next(model.parameters()).device
+    prompts = [t.format(n) for n in class_names for t in templates]
+    chunks = []
+    for i in range(0, len(prompts), batch_size):
+        tokens = tokenizer(prompts[i : i + batch_size]).to(device)
+        chunks.append(model.encode_text(tokens, normalize=True).float())
+    emb = torch.cat(chunks).view(len(class_names), len(templates), -1).mean(dim=1)
+    return torch.nn.functional.normalize(emb, dim=-1)
+
+
+@torch.no_grad()
+def extract_features(model: torch.nn.Module, loader) -> tuple[torch.Tensor, list[Taxon]]:
+    """Normalised image features and taxa for every image an evaluation loader yields."""
+    device = next(model.parameters()).device
+    feats, taxa = [], []
+    for batch in loader:
+        feats.append(model.encode_image(batch["image"].to(device), normalize=True).float().cpu())
+        taxa.extend(batch["taxon"])
+    if not feats:
+        raise ValueError("the evaluation set yielded no readable images")
+    return torch.cat(feats), taxa
+
+
+@dataclass
+class RankResult:
+    text_type: str
+    eval_set: str
+    rank: str
+    images: int
+    classes: int
+    top1: float
+    top5: float
+
+    @property
+    def chance(self) -> float:
+        return 1.0 / self.classes
+
+
+def evaluate_ranks(
+    model: torch.nn.Module,
+    tokenizer: Callable[[Sequence[str]], torch.Tensor],
+    features: Mapping[str, tuple[torch.Tensor, list[Taxon]]],
+    text_type: str = "taxon",
+    templates: Sequence[str] = OPENAI_IMAGENET_TEMPLATES,
+    ranks: Sequence[str] = RANKS,
+) -> list[RankResult]:
+    """Top-1/top-5 at each rank for each named feature set, classes shared across the sets."""
+    check_text_type(text_type, allow_mixed=False)
+    all_taxa = [t for _, taxa in features.values() for t in taxa]
+    results = []
+    for rank in ranks:
+        classes = rank_classes(all_taxa, rank)
+        if len(classes) < 2:
+            continue
+        keys = list(classes)
+        index = {k: i for i, k in enumerate(keys)}
+        names = [rank_name(classes[k], rank, text_type) for k in keys]
+        weights = text_classifier(model, tokenizer, names, templates).cpu()
+        for set_name, (feats, taxa) in features.items():
+            rows = [i for i, t in enumerate(taxa) if lineage(t, rank) in index]
+            if not rows:
+                continue
+            labels = torch.tensor([index[lineage(taxa[i], rank)] for i in rows])
+            logits = feats[rows] @ weights.T
+            topk = logits.topk(min(5, len(keys)), dim=-1).indices
+            hits = topk == labels[:, None]
+            results.append(
+                RankResult(
+                    text_type=text_type,
+                    eval_set=set_name,
+                    rank=rank,
+                    images=len(rows),
+                    classes=len(keys),
+                    top1=hits[:, 0].float().mean().item(),
+                    top5=hits.any(dim=-1).float().mean().item(),
+                )
+            )
+    return results
+
+
+def results_table(results: Sequence[RankResult], title: str = "zero-shot accuracy"):
+    """A rich table: one row per rank, top-1/top-5 and chance per evaluation set."""
+    from rich.table import Table
+
+    sets = list(dict.fromkeys(r.eval_set for r in results))
+    table = Table(title=title)
+    table.add_column("rank")
+    table.add_column("classes", justify="right")
+    for s in sets:
+        table.add_column(f"{s} top-1", justify="right")
+        table.add_column(f"{s} top-5", justify="right")
+    table.add_column("chance top-1", justify="right")
+    by_key = {(r.eval_set, r.rank): r for r in results}
+    for rank in dict.fromkeys(r.rank for r in results):
+        any_r = next(r for r in results if r.rank == rank)
+        cells = [rank, str(any_r.classes)]
+        for s in sets:
+            r = by_key.get((s, rank))
+            cells += [f"{100 * r.top1:.1f}", f"{100 * r.top5:.1f}"] if r else ["-", "-"]
+        cells.append(f"{100 * any_r.chance:.1f}")
+        table.add_row(*cells)
+    return table
+
+
+def write_csv(results: Sequence[RankResult], path: str | Path, **extra: str) -> Path:
+    """CSV with one row per (text type, set, rank), plus constant `extra` columns (e.g. the run's
+    training text type)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fields = [*extra, "text_type", "eval_set", "rank", "images", "classes", "top1", "top5", "chance"]
+    with path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=fields)
+        writer.writeheader()
+        for r in results:
+            writer.writerow(
+                {**extra, "text_type": r.text_type, "eval_set": r.eval_set, "rank": r.rank, "images": r.images, "classes": r.classes,
+                 "top1": f"{r.top1:.4f}", "top5": f"{r.top5:.4f}", "chance": f"{r.chance:.4f}"}
+            )
+    return path
+
+
+def evaluate_datamodule(
+    net: torch.nn.Module,
+    datamodule,
+    text_types: Sequence[str] = ("taxon",),
+    templates: Sequence[str] = OPENAI_IMAGENET_TEMPLATES,
+    ranks: Sequence[str] = RANKS,
+    context_length: int = 77,
+) -> list[RankResult]:
+    """Zero-shot results of `net` on every eval set of a `ShardDataModule`, for each text type.
+
+    Image features are extracted once per set and shared by all text types.
+    """
+    was_training = net.training
+    net.eval()
+    try:
+        feats = {name: extract_features(net, datamodule.eval_dataloader(name)) for name in datamodule.eval_sets}
+        tokenizer = get_tokenizer(context_length)
+        return [r for t in text_types for r in evaluate_ranks(net, tokenizer, feats, t, templates, ranks)]
+    finally:
+        net.train(was_training)
+
+
+def print_results(results: Sequence[RankResult]) -> None:
+    """One rich table per text type, on the console."""
+    from rich.console import Console
+
+    console = Console()
+    for text_type in dict.fromkeys(r.text_type for r in results):
+        rows = [r for r in results if r.text_type == text_type]
+        console.print(results_table(rows, f"zero-shot accuracy, class names as '{text_type}'"))

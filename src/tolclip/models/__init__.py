@@ -1,0 +1,1 @@
+"""Networks: the CLIP towers, the supervised classifier, the contrastive loss, open_clip interop and safe model I/O."""

@@ -1,0 +1,1 @@
+"""Training: LightningModules, optimiser schedule, callbacks and the training run itself."""
