@@ -26,7 +26,7 @@ def long_functions(root: Path, limit: int = LIMIT) -> list[tuple[Path, int, str,
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("roots", nargs="*", default=["src"], type=Path)
+    parser.add_argument("roots", nargs="*", default=[Path("src")], type=Path)
     parser.add_argument("--limit", type=int, default=LIMIT)
     args = parser.parse_args(argv)
     found = [f for root in args.roots for f in long_functions(root, args.limit)]
