@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from tolclip.core.resources import CONFIG_PATH
+from tolclip.core.taxonomy import RANKS, Taxon, clean_name
 from tolclip.curate.dedup import (
     DEFAULT_MAX_DISTANCE,
     Deduplicator,
@@ -51,11 +52,10 @@ from tolclip.curate.dedup import (
     content_hash,
     perceptual_hash,
 )
-from tolclip.data.images import DEFAULT_MAX_PIXELS, ImageError, encode, load_image, resize
 from tolclip.curate.resolve import Resolver, TableBackend, TaxoniqBackend
-from tolclip.data.shards import Sample, TarShard, decode_taxon, has_tar_end, record_blob, to_record
 from tolclip.curate.sources import IMAGE_EXTENSIONS, NOT_SELECTED, SourceRecord, open_source, read_table
-from tolclip.core.taxonomy import RANKS, Taxon, clean_name
+from tolclip.data.images import DEFAULT_MAX_PIXELS, ImageError, encode, load_image, resize
+from tolclip.data.shards import Sample, TarShard, decode_taxon, has_tar_end, record_blob, to_record
 
 log = logging.getLogger(__name__)
 

@@ -29,7 +29,6 @@ from typing import Literal
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-
 # 64 MP: above any camera-trap or phone photo we expect (50 MP sensors are ~45 MP), small enough
 # that one RGB decode (~190 MB) cannot exhaust a loader worker.
 DEFAULT_MAX_PIXELS = 64_000_000

@@ -7,7 +7,6 @@ is defined in exactly one place. Reading lives in `datamodule.py`; `decode_taxon
 from __future__ import annotations
 
 import functools
-import io
 import json
 import logging
 import os
@@ -17,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import webdataset as wds
-from PIL import Image
 
 from tolclip.core.captions import all_captions
 from tolclip.core.taxonomy import SpeciesKey, Taxon, species_key

@@ -38,8 +38,7 @@ from itertools import pairwise
 import numpy as np
 import torch
 
-from tolclip.core.taxonomy import RANKS, Taxon
-from tolclip.core.taxonomy import lineage
+from tolclip.core.taxonomy import RANKS, Taxon, lineage
 
 MAX_HEIGHT = len(RANKS)  # nothing in common, not even the kingdom
 

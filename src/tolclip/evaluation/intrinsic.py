@@ -31,9 +31,8 @@ import numpy as np
 import torch
 from sklearn.metrics import silhouette_score
 
+from tolclip.core.taxonomy import RANKS, Taxon, lineage
 from tolclip.evaluation.hierarchy import MAX_HEIGHT, lca_height
-from tolclip.core.taxonomy import RANKS, Taxon
-from tolclip.core.taxonomy import lineage
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

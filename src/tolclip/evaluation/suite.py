@@ -31,18 +31,17 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from tolclip.core.captions import rank_name
+from tolclip.core.resources import CONFIG_PATH
+from tolclip.core.taxonomy import RANKS, Taxon, lineage, rank_classes
+from tolclip.core.templates import templates_for
+from tolclip.core.tokenizer import get_tokenizer
 from tolclip.data.transforms import Preprocess
-from tolclip.models.interop import load_classifier, load_model
 from tolclip.evaluation.features import FeatureCache, extract_image_features, file_stamp, fingerprint
 from tolclip.evaluation.few_shot import linear_probe, simpleshot
 from tolclip.evaluation.hierarchy import mistake_severity, rank_consistency, summed_rank_accuracy
 from tolclip.evaluation.tasks import Task, describe, load_task
-from tolclip.core.taxonomy import RANKS, Taxon
-from tolclip.core.tokenizer import get_tokenizer
-from tolclip.core.resources import CONFIG_PATH
-from tolclip.core.taxonomy import lineage, rank_classes
-from tolclip.core.templates import templates_for
 from tolclip.evaluation.zero_shot import text_classifier
+from tolclip.models.interop import load_classifier, load_model
 
 RESULTS_FILE = "results.json"
 
@@ -219,7 +218,12 @@ def evaluate(model: EvalModel, task: Task, cfg: Mapping[str, Any], cache: Featur
 
     intrinsic = cfg.get("intrinsic", {}) or {}
     if has_taxa and intrinsic.get("enabled", True):
-        from tolclip.evaluation.intrinsic import embed_2d, plot_ranks, silhouette_per_rank, tree_distance_correlation
+        from tolclip.evaluation.intrinsic import (
+            embed_2d,
+            plot_ranks,
+            silhouette_per_rank,
+            tree_distance_correlation,
+        )
 
         corr = tree_distance_correlation(feats, taxa, int(intrinsic.get("max_pairs", 20000)))
         result["intrinsic"] = {"silhouette": silhouette_per_rank(feats, taxa),

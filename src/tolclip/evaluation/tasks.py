@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tolclip.core.captions import TEXT_TYPES, name
+from tolclip.core.taxonomy import Taxon
 from tolclip.curate.resolve import Resolver, TaxoniqBackend
 from tolclip.curate.sources import NOT_SELECTED, SourceRecord, open_source
-from tolclip.core.taxonomy import Taxon
 
 LABEL_TYPES: tuple[str, ...] = ("asis", *TEXT_TYPES)
 

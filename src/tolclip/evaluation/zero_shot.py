@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import csv
 import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +18,7 @@ import torch
 
 from tolclip.core.captions import check_text_type, rank_name
 from tolclip.core.taxonomy import RANKS, Taxon, lineage, rank_classes
-from tolclip.core.templates import OPENAI_IMAGENET_TEMPLATES, templates_for
+from tolclip.core.templates import OPENAI_IMAGENET_TEMPLATES
 from tolclip.core.tokenizer import get_tokenizer
 
 log = logging.getLogger(__name__)

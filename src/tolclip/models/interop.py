@@ -36,14 +36,15 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from tolclip.core.constants import CLIP_MEAN, CLIP_STD
+from tolclip.core.taxonomy import SpeciesKey
 from tolclip.data.transforms import Preprocess
+from tolclip.models.classifier import SpeciesClassifier
+from tolclip.models.io import load_weights_only
 from tolclip.models.open_clip_keys import (
     open_clip_kwargs,
     open_clip_state_dict_to_ours,
     ours_state_dict_to_open_clip,
 )
-from tolclip.core.taxonomy import SpeciesKey
-from tolclip.models.classifier import SpeciesClassifier
 from tolclip.models.towers import CLIP
 
 __all__ = [
@@ -376,19 +377,6 @@ def _is_torchscript(path: Path) -> bool:
         return False
     with zipfile.ZipFile(path) as archive:
         return any(n.endswith("/constants.pkl") or "/code/" in n for n in archive.namelist())
-
-
-def load_weights_only(path: Path, what: str = "checkpoint") -> Any:
-    """`torch.load` of a file that must be data only: a checkpoint must not be able to run code.
-
-    Any unpickling, zip or format error becomes one ValueError naming the file. Zip-format files are
-    memory-mapped (tensors read lazily: no second in-memory copy); legacy files cannot be.
-    """
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
-    except Exception as exn:  # noqa: BLE001 - every failure here means "not loadable as data"
-        first = str(exn).strip().splitlines()[0] if str(exn).strip() else type(exn).__name__
-        raise ValueError(f"{path} could not be read as a weights-only {what}: {first}") from None
 
 
 def _read_tensors(path: Path) -> dict[str, torch.Tensor]:

@@ -14,7 +14,13 @@ from tolclip.core.captions import check_text_type
 from tolclip.core.taxonomy import RANKS
 from tolclip.core.templates import templates_for
 from tolclip.evaluation.classifier import evaluate_classifier
-from tolclip.evaluation.zero_shot import RankResult, evaluate_datamodule, print_results, results_table, write_csv
+from tolclip.evaluation.zero_shot import (
+    RankResult,
+    evaluate_datamodule,
+    print_results,
+    results_table,
+    write_csv,
+)
 
 log = logging.getLogger(__name__)
 

@@ -45,8 +45,8 @@ import numpy as np
 from PIL import Image
 
 from tolclip.core.taxonomy import Taxon, clean_higher_rank
-from tolclip.data.shards import Sample, shard_spec, write_shards
 from tolclip.data.images import encode_jpeg
+from tolclip.data.shards import Sample, shard_spec, write_shards
 
 __all__ = [
     "FORMAT_VERSION",
