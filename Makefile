@@ -3,6 +3,7 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+TOLCLIP := $(VENV)/bin/tolclip
 ARGS ?=
 
 .DEFAULT_GOAL := help
@@ -19,10 +20,10 @@ $(STAMP): pyproject.toml
 install: $(STAMP) ## create .venv and install tolclip with test extras
 
 train: $(STAMP) ## generate the synthetic tree of life, train the tiny CLIP, print zero-shot results (ARGS= for Hydra overrides)
-	$(PY) -m tolclip.cli.train $(ARGS)
+	$(TOLCLIP) train $(ARGS)
 
 eval: $(STAMP) ## zero-shot at every rank for a checkpoint: make eval ARGS="ckpt_path=logs/train/runs/<time>/checkpoints/last.ckpt"
-	$(PY) -m tolclip.cli.eval $(ARGS)
+	$(TOLCLIP) eval $(ARGS)
 
 # ViT-B/32 by default: on a 2-core CPU the suite's B/16 row takes about half an hour.
 SUITE_MODELS ?= trained,random_openclip_b32
@@ -30,15 +31,15 @@ SUITE_TASKS ?= shared_butterflies,shared_tiny_imagenet,shared_mushrooms
 
 eval-suite: $(STAMP) random-openclip ## benchmark table: models x tasks (zero-shot, 1/5-shot, linear probe, ranks, t-SNE); SUITE_MODELS= SUITE_TASKS=
 	rm -rf logs/eval-suite
-	$(PY) -m tolclip.evaluation.suite -m suite/model=$(SUITE_MODELS) suite/task=$(SUITE_TASKS) hydra.sweep.dir=logs/eval-suite $(ARGS)
-	$(PY) -m tolclip.evaluation.report --suite logs/eval-suite --wandb
+	$(TOLCLIP) eval-suite -m suite/model=$(SUITE_MODELS) suite/task=$(SUITE_TASKS) hydra.sweep.dir=logs/eval-suite $(ARGS)
+	$(TOLCLIP) report --suite logs/eval-suite --wandb
 
 random-openclip: $(STAMP) ## write random open_clip ViT-B/16 and B/32 release folders into data/checkpoints (no-skill references)
 	$(PY) scripts/make_random_openclip.py data/checkpoints/random-openclip-vit-b16 --model ViT-B-16-quickgelu
 	$(PY) scripts/make_random_openclip.py data/checkpoints/random-openclip-vit-b32 --model ViT-B-32-quickgelu
 
 build-shards: $(STAMP) ## build one shard set from all of ../shared/data/sources into data/shared_sources (ARGS= for overrides)
-	$(VENV)/bin/tolclip-build-shards --config-name build/shared_sources $(ARGS)
+	$(TOLCLIP) build-shards --config-name build/shared_sources $(ARGS)
 
 test: $(STAMP) ## run the test suite
 	$(PY) -m pytest -q $(ARGS)
@@ -46,16 +47,21 @@ test: $(STAMP) ## run the test suite
 test-fast: $(STAMP) ## tests not marked slow
 	$(PY) -m pytest -q -m "not slow" $(ARGS)
 
-lint: $(STAMP) ## ruff
+lint: $(STAMP) ## ruff, ruff format --check, the import-linter layers contract, functions <= 60 lines
 	$(VENV)/bin/ruff check src tests scripts
+	$(VENV)/bin/ruff format --check src tests scripts
+	$(VENV)/bin/lint-imports --no-cache
+	$(PY) scripts/check_function_length.py src
 
 format: $(STAMP) ## ruff format + import sort
 	$(VENV)/bin/ruff check --fix --select I src tests scripts
 	$(VENV)/bin/ruff format src tests scripts
 
+TEXT_TYPES ?= com,sci,taxon,sci_com,taxon_com,mixed
+
 sweep-text-types: $(STAMP) ## text-type ablation: train on each text type (Hydra multirun), print the table
-	$(PY) -m tolclip.cli.train -m experiment=text_type data.text_type=com,sci,taxon,sci_com,taxon_com,mixed logger=csv hydra.sweep.dir=logs/sweep-text-types $(ARGS)
-	$(PY) -m tolclip.evaluation.report logs/sweep-text-types
+	$(TOLCLIP) train -m experiment=text_type data.text_type=$(TEXT_TYPES) logger=csv hydra.sweep.dir=logs/sweep-text-types $(ARGS)
+	$(TOLCLIP) report logs/sweep-text-types
 
 bench: bench-train bench-shards bench-eval ## all benchmarks
 
@@ -70,4 +76,4 @@ bench-eval: $(STAMP) random-openclip ## feature extraction images/s: tolclip vs 
 	$(PY) scripts/bench_eval.py --images 64 $(ARGS)
 
 clean: ## remove generated data and logs (keeps .venv)
-	rm -rf data logs/train logs/sweep-text-types logs/eval-suite .cache outputs multirun
+	rm -rf data logs/train logs/sweep-text-types logs/eval-suite .cache outputs multirun build

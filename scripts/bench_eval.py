@@ -41,11 +41,11 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from tolclip.models.interop import CONFIG_FILE, LoadedModel, load_open_clip
-from tolclip.evaluation.features import extract_image_features
-from tolclip.data.images import load_image
-from tolclip.models.open_clip_keys import open_clip_kwargs
 from tolclip.curate.sources import IMAGE_EXTENSIONS
+from tolclip.data.images import load_image
+from tolclip.evaluation.features import extract_image_features
+from tolclip.models.loading import LoadedModel, load_open_clip
+from tolclip.models.open_clip_config import CONFIG_FILE, open_clip_kwargs
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_ROOT = ROOT.parent / "shared" / "data" / "sources" / "butterflies-100" / "test"

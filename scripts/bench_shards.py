@@ -6,9 +6,9 @@ machine noise hits all alike); medians are printed:
 * ``limit``: Pillow alone, the practical limit: read the file, ``Image.open``, ``convert("RGB")``,
   resize to size×size (BICUBIC, reducing_gap 3 as the builder's squash mode), JPEG encode at the
   builder's quality, bytes returned to the parent.
-* ``stage``: the builder's image stage exactly as `build()` runs it: `tolclip.curate.build._imap` over
-  `process_one` (decode with all checks, resize, encode, SHA-256, pHash) and
-  `Checkpoint.add` (spool + processed.jsonl) for every result.
+* ``stage``: the builder's image stage exactly as `build()` runs it: `tolclip.curate.image_worker.process_images`
+  over `process_one` (decode with all checks, resize, encode, SHA-256, pHash) and
+  `Spool.add` (encoded.bin + processed.jsonl) for every result.
 * ``build``: the whole `tolclip.curate.build.build()` on a manifest of those images (scan, taxonomy
   resolution, image stage, dedup, split, shard writing, catalog, stats), `progress=false`.
 
@@ -37,9 +37,12 @@ from pathlib import Path
 import PIL
 from PIL import Image
 
-from tolclip.curate import build as B
-from tolclip.curate.sources import IMAGE_EXTENSIONS
 from tolclip.core.taxonomy import Taxon
+from tolclip.curate.build import build
+from tolclip.curate.config import BuildConfig
+from tolclip.curate.image_worker import process_images, worker_pool
+from tolclip.curate.sources import IMAGE_EXTENSIONS
+from tolclip.curate.spool import CACHE_DIR, Spool
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_ROOT = ROOT.parent / "shared" / "data" / "sources" / "butterflies-100" / "train"
@@ -88,21 +91,27 @@ def run_limit(paths: list[str], workers: int, size: int, quality: int, chunk: in
 
 
 def run_stage(paths: list[str], workers: int, size: int, quality: int, chunk: int, tmp: Path) -> float:
-    """Step 4 of `build()`: `_imap(process_one)` (which also builds each sample's tar members) +
-    `Checkpoint.add`, as the builder does it."""
+    """The image stage of `build()`: `process_images` (`process_one`, which also builds each sample's tar
+    members) + `Spool.add`, as the builder does it."""
     out = Path(tempfile.mkdtemp(dir=tmp))
-    cfg = B.BuildConfig(out_dir=out, sources=[{}], workers=workers, chunk_size=chunk, quality=quality,
-                        resize={"mode": "squash", "size": size}, progress=False)
-    settings = {"mode": "squash", "size": size, "quality": quality, "max_pixels": cfg.max_pixels}
+    cfg = BuildConfig(
+        out_dir=out,
+        sources=[{}],
+        workers=workers,
+        chunk_size=chunk,
+        quality=quality,
+        resize={"mode": "squash", "size": size},
+        progress=False,
+    )
     taxon = Taxon.clean(genus="Danaus", species="plexippus")  # the label does not change the image work
     tasks = [(f"k{i:06d}", p, taxon, "bench", str(i)) for i, p in enumerate(paths)]
     t = time.perf_counter()
-    with B.Checkpoint(out / B.CACHE_DIR) as checkpoint, B._worker_pool(cfg, None, settings) as pool:
-        for result in B._imap(tasks, None, settings, pool, cfg.chunk_size):
-            checkpoint.add(result)
+    with Spool(out / CACHE_DIR) as spool, worker_pool(cfg, None) as pool:
+        for result in process_images(tasks, cfg, None, pool):
+            spool.add(result)
     dt = time.perf_counter() - t
-    bad = [r for r in checkpoint.done.values() if not r["ok"]]
-    assert len(checkpoint.done) == len(paths) and not bad, bad[:3]
+    bad = [r for r in spool.done.values() if not r["ok"]]
+    assert len(spool.done) == len(paths) and not bad, bad[:3]
     shutil.rmtree(out)
     return len(paths) / dt
 
@@ -113,15 +122,22 @@ TAXONOMY: dict = {"backend": "taxoniq"}
 
 
 def build_config(manifest: Path, out: Path, workers: int, size: int, quality: int, chunk: int) -> dict:
-    return {"out_dir": str(out), "sources": [{"kind": "manifest", "source": "bench", "table_path": str(manifest)}],
-            "workers": workers, "chunk_size": chunk, "resize": {"mode": "squash", "size": size},
-            "quality": quality, "progress": False, "taxonomy": TAXONOMY}
+    return {
+        "out_dir": str(out),
+        "sources": [{"kind": "manifest", "source": "bench", "table_path": str(manifest)}],
+        "workers": workers,
+        "chunk_size": chunk,
+        "resize": {"mode": "squash", "size": size},
+        "quality": quality,
+        "progress": False,
+        "taxonomy": TAXONOMY,
+    }
 
 
 def write_taxonomy_table(images: list[tuple[str, str]], path: Path) -> None:
     """The lineages (resolved with taxoniq) of the images' names, as a `TableBackend` CSV."""
-    from tolclip.curate.resolve import Resolver, TaxoniqBackend
     from tolclip.core.taxonomy import RANKS
+    from tolclip.curate.resolve import Resolver, TaxoniqBackend
 
     resolver = Resolver(TaxoniqBackend())
     taxa = {resolver.resolve({}, name).taxon for _, name in images}
@@ -135,7 +151,7 @@ def write_taxonomy_table(images: list[tuple[str, str]], path: Path) -> None:
 def run_build(manifest: Path, n: int, workers: int, size: int, quality: int, chunk: int, tmp: Path) -> float:
     out = Path(tempfile.mkdtemp(dir=tmp))
     t = time.perf_counter()
-    stats = B.build(build_config(manifest, out, workers, size, quality, chunk))
+    stats = build(build_config(manifest, out, workers, size, quality, chunk))
     dt = time.perf_counter() - t
     assert stats["inputs"] == n and stats["skipped"] == 0, {k: stats[k] for k in ("inputs", "skipped")}
     shutil.rmtree(out)
@@ -147,8 +163,10 @@ def run_build(manifest: Path, n: int, workers: int, size: int, quality: int, chu
 
 def pick_images(root: Path, names: Path | None, n: int) -> list[tuple[str, str]]:
     """The first `n` image files under `root`, sorted by relative path, with a scientific name each."""
-    files = sorted((p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS),
-                   key=lambda p: p.relative_to(root).as_posix())[:n]
+    files = sorted(
+        (p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS),
+        key=lambda p: p.relative_to(root).as_posix(),
+    )[:n]
     species: dict[str, str] = {}
     if names is not None:
         with names.open(newline="", encoding="utf-8") as fh:
@@ -172,15 +190,31 @@ def write_manifest(images: list[tuple[str, str]], path: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--root", type=Path, default=DEFAULT_ROOT,
-                    help="folder of images (searched recursively; default: ../shared/data butterflies-100/train)")
-    ap.add_argument("--names", type=Path, default=None,
-                    help="label,scientific_name table for the folder names (default: butterflies names.csv "
-                         f"with the default --root; otherwise every image is {PLACEHOLDER_SPECIES!r})")
-    ap.add_argument("--taxonomy-table", type=Path, default=None,
-                    help="resolve with this TableBackend CSV instead of taxoniq")
-    ap.add_argument("--write-taxonomy-table", type=Path, default=None,
-                    help="write the chosen images' lineages (via taxoniq) to this CSV and exit")
+    ap.add_argument(
+        "--root",
+        type=Path,
+        default=DEFAULT_ROOT,
+        help="folder of images (searched recursively; default: ../shared/data butterflies-100/train)",
+    )
+    ap.add_argument(
+        "--names",
+        type=Path,
+        default=None,
+        help="label,scientific_name table for the folder names (default: butterflies names.csv "
+        f"with the default --root; otherwise every image is {PLACEHOLDER_SPECIES!r})",
+    )
+    ap.add_argument(
+        "--taxonomy-table",
+        type=Path,
+        default=None,
+        help="resolve with this TableBackend CSV instead of taxoniq",
+    )
+    ap.add_argument(
+        "--write-taxonomy-table",
+        type=Path,
+        default=None,
+        help="write the chosen images' lineages (via taxoniq) to this CSV and exit",
+    )
     ap.add_argument("--images", type=int, default=600, help="first N image files by sorted path")
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds per side and worker count")
@@ -190,9 +224,11 @@ def main() -> None:
     args = ap.parse_args()
 
     if not args.root.is_dir():
-        sys.exit(f"bench_shards: image folder {args.root} not found. It is the read-only dev data in "
-                 "../shared/data (see its README); pass --root DIR (and --names label,scientific_name CSV) "
-                 "for a folder of your own.")
+        sys.exit(
+            f"bench_shards: image folder {args.root} not found. It is the read-only dev data in "
+            "../shared/data (see its README); pass --root DIR (and --names label,scientific_name CSV) "
+            "for a folder of your own."
+        )
     names = args.names
     if names is None and args.root.resolve() == DEFAULT_ROOT.resolve():
         names = DEFAULT_ROOT.parent / "names.csv"
@@ -210,10 +246,14 @@ def main() -> None:
     with Image.open(paths[0]) as im0:
         first = f"{im0.format} {im0.width}x{im0.height}"
 
-    print(f"machine: {platform.machine()} {platform.processor() or ''} cpus={os.cpu_count()} "
-          f"python={platform.python_version()} Pillow={PIL.__version__}")
-    print(f"images: {n} files ({mb:.1f} MB, first {first}) from {args.root}; "
-          f"squash {args.size}x{args.size} BICUBIC, JPEG q{args.quality}, chunk {args.chunk_size}")
+    print(
+        f"machine: {platform.machine()} {platform.processor() or ''} cpus={os.cpu_count()} "
+        f"python={platform.python_version()} Pillow={PIL.__version__}"
+    )
+    print(
+        f"images: {n} files ({mb:.1f} MB, first {first}) from {args.root}; "
+        f"squash {args.size}x{args.size} BICUBIC, JPEG q{args.quality}, chunk {args.chunk_size}"
+    )
 
     with tempfile.TemporaryDirectory(prefix="bench_shards_") as tmpdir:
         tmp = Path(tmpdir)
@@ -231,7 +271,7 @@ def main() -> None:
         rates: dict[tuple[str, int], list[float]] = {(s, w): [] for s in sides for w in args.workers}
         names_ = list(sides)
         for r in range(args.rounds):
-            order = names_[r % len(names_):] + names_[: r % len(names_)]
+            order = names_[r % len(names_) :] + names_[: r % len(names_)]
             for w in args.workers:
                 for s in order:
                     rates[(s, w)].append(sides[s](w))
@@ -239,17 +279,23 @@ def main() -> None:
 
     med = {k: statistics.median(v) for k, v in rates.items()}
     w1 = args.workers[0]
-    print(f"\nmedian images/s over {args.rounds} rounds ({n} images); stage = builder image stage alone "
-          f"(_imap(process_one) + Checkpoint.add), build = whole build(); scaling = img/s / img/s at "
-          f"workers={w1}")
-    head = (f"{'workers':>7} {'limit':>9} {'stage':>9} {'build':>9} {'stage/limit':>12} {'build/limit':>12} "
-            f"{'scale limit':>12} {'scale stage':>12} {'scale build':>12}")
+    print(
+        f"\nmedian images/s over {args.rounds} rounds ({n} images); stage = builder image stage alone "
+        f"(process_images + Spool.add), build = whole build(); scaling = img/s / img/s at "
+        f"workers={w1}"
+    )
+    head = (
+        f"{'workers':>7} {'limit':>9} {'stage':>9} {'build':>9} {'stage/limit':>12} {'build/limit':>12} "
+        f"{'scale limit':>12} {'scale stage':>12} {'scale build':>12}"
+    )
     print(head)
     for w in args.workers:
         lim, stg, bld = med[("limit", w)], med[("stage", w)], med[("build", w)]
-        print(f"{w:>7} {lim:>9.1f} {stg:>9.1f} {bld:>9.1f} {stg / lim:>12.3f} {bld / lim:>12.3f} "
-              f"{lim / med[('limit', w1)]:>12.2f} {stg / med[('stage', w1)]:>12.2f} "
-              f"{bld / med[('build', w1)]:>12.2f}")
+        print(
+            f"{w:>7} {lim:>9.1f} {stg:>9.1f} {bld:>9.1f} {stg / lim:>12.3f} {bld / lim:>12.3f} "
+            f"{lim / med[('limit', w1)]:>12.2f} {stg / med[('stage', w1)]:>12.2f} "
+            f"{bld / med[('build', w1)]:>12.2f}"
+        )
     print("target (issue): build/limit >= 0.8 per worker count, near-linear scaling")
 
 

@@ -21,10 +21,10 @@ import open_clip
 import torch
 from torch import nn
 
-from tolclip.models.loss import ClipLoss
-from tolclip.models.open_clip_keys import open_clip_kwargs
-from tolclip.models.towers import CLIP
 from tolclip.models.config import net_config
+from tolclip.models.loss import ClipLoss
+from tolclip.models.open_clip_config import open_clip_kwargs
+from tolclip.models.towers import CLIP
 
 LOSS_SRC = "tolclip.models.loss.ClipLoss"
 
@@ -58,7 +58,9 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def make_step(model: nn.Module, images: torch.Tensor, tokens: torch.Tensor, ours: bool) -> Callable[[], float]:
+def make_step(
+    model: nn.Module, images: torch.Tensor, tokens: torch.Tensor, ours: bool
+) -> Callable[[], float]:
     """One full training step (forward, loss, backward, AdamW step, logit-scale clamp)."""
     opt = torch.optim.AdamW(param_groups(model, 0.2), lr=1e-4, betas=(0.9, 0.98), eps=1e-6)
     loss_fn = ClipLoss()
@@ -116,13 +118,20 @@ def main() -> None:
     n_ours = sum(p.numel() for p in ours.parameters())
     n_theirs = sum(p.numel() for p in theirs.parameters())
     images, tokens = make_batch(cfg, args.batch, device, words=(args.min_words, args.max_words))
-    steps = {"tolclip": make_step(ours, images, tokens, True), "open_clip": make_step(theirs, images, tokens, False)}
+    steps = {
+        "tolclip": make_step(ours, images, tokens, True),
+        "open_clip": make_step(theirs, images, tokens, False),
+    }
 
-    print(f"machine: {platform.machine()} {platform.processor() or ''} cpus={os.cpu_count()} "
-          f"torch={torch.__version__} threads={torch.get_num_threads()} device={device}"
-          + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""))
-    print(f"model={args.model} params tolclip={n_ours:,} open_clip={n_theirs:,} batch={args.batch} "
-          f"image={cfg['vision']['image_size']}px tokens={tuple(tokens.shape)} loss={LOSS_SRC}")
+    print(
+        f"machine: {platform.machine()} {platform.processor() or ''} cpus={os.cpu_count()} "
+        f"torch={torch.__version__} threads={torch.get_num_threads()} device={device}"
+        + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
+    )
+    print(
+        f"model={args.model} params tolclip={n_ours:,} open_clip={n_theirs:,} batch={args.batch} "
+        f"image={cfg['vision']['image_size']}px tokens={tuple(tokens.shape)} loss={LOSS_SRC}"
+    )
 
     for step in steps.values():
         for _ in range(args.warmup):
@@ -135,12 +144,16 @@ def main() -> None:
             rates[name].append(args.batch * args.steps / timed(steps[name], args.steps, device))
 
     med = {name: statistics.median(v) for name, v in rates.items()}
-    print(f"{'side':<10} {'median samples/s':>17} {'min':>9} {'max':>9}   ({args.rounds} rounds x {args.steps} steps)")
+    print(
+        f"{'side':<10} {'median samples/s':>17} {'min':>9} {'max':>9}   ({args.rounds} rounds x {args.steps} steps)"
+    )
     for name, v in rates.items():
         print(f"{name:<10} {med[name]:>17.1f} {min(v):>9.1f} {max(v):>9.1f}")
     per_round = [a / b for a, b in zip(rates["tolclip"], rates["open_clip"], strict=True)]
-    print(f"ratio tolclip/open_clip: {med['tolclip'] / med['open_clip']:.3f} "
-          f"(median of per-round ratios {statistics.median(per_round):.3f})")
+    print(
+        f"ratio tolclip/open_clip: {med['tolclip'] / med['open_clip']:.3f} "
+        f"(median of per-round ratios {statistics.median(per_round):.3f})"
+    )
 
 
 if __name__ == "__main__":

@@ -27,11 +27,11 @@ step() {
 
 step tests timeout 110 python3 -m pytest -q -x -m "not slow" -p no:cacheprovider tests/test_towers.py \
     tests/test_loss.py tests/test_checkpoints.py tests/test_tokenizer.py tests/test_clip_module.py
-step train timeout 150 python3 -m tolclip.cli.train trainer=gpu logger=csv trainer.max_epochs=3 data.num_workers=6 \
+step train timeout 150 python3 -m tolclip train trainer=gpu logger=csv trainer.max_epochs=3 data.num_workers=6 \
     callbacks.zero_shot.text_types=[taxon]
 step bench_train timeout 80 python3 scripts/bench_train.py --model vit_b16 --batch 128 --device cuda --steps 5 \
     --rounds 5
 TAIL=20 step bench_eval timeout 120 python3 scripts/bench_eval.py --device cuda --root "$BUTTERFLIES" \
     --images 500 --batch-size 125 --workers 0 8 --rounds 3
-step suite timeout 100 python3 -m tolclip.evaluation.suite suite/model=random_openclip_b16 suite/task=shared_butterflies \
+step suite timeout 100 python3 -m tolclip eval-suite suite/model=random_openclip_b16 suite/task=shared_butterflies \
     "shared_data=$PWD/.gpudata" task.resolve=false task.label_type=sci suite.num_workers=8

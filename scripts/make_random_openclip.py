@@ -19,7 +19,9 @@ import torch
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("out_dir")
     parser.add_argument("--model", default="ViT-B-16-quickgelu")
     parser.add_argument("--seed", type=int, default=0)
@@ -36,8 +38,13 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.contiguous() for k, v in model.state_dict().items() if k != "attn_mask"}
     safetensors.torch.save_file(state, out / "open_clip_model.safetensors")
-    cfg = {"model_cfg": model_cfg, "preprocess_cfg": {"mean": list(open_clip.OPENAI_DATASET_MEAN),
-                                                      "std": list(open_clip.OPENAI_DATASET_STD)}}
+    cfg = {
+        "model_cfg": model_cfg,
+        "preprocess_cfg": {
+            "mean": list(open_clip.OPENAI_DATASET_MEAN),
+            "std": list(open_clip.OPENAI_DATASET_STD),
+        },
+    }
     (out / "open_clip_config.json").write_text(json.dumps(cfg, indent=1))
     print(f"wrote random {args.model} (seed {args.seed}) to {out}")
 

@@ -14,10 +14,10 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 from PIL import Image
 
-from tolclip.data.shards import Sample
-from tolclip.data.images import encode_jpeg
-from tolclip.core.taxonomy import Taxon
 from tolclip.core.resources import config_dir
+from tolclip.core.taxonomy import Taxon
+from tolclip.data.images import encode_jpeg
+from tolclip.data.shards import Sample
 
 CONFIG_DIR = str(config_dir())
 
@@ -28,14 +28,45 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 TAXA = [
-    Taxon.clean(kingdom="Animalia", phylum="Chordata", **{"class": "Aves"}, order="Passeriformes",
-                family="Corvidae", genus="Corvus", species="corax", common="common raven"),
-    Taxon.clean(kingdom="Animalia", phylum="Chordata", **{"class": "Aves"}, order="Passeriformes",
-                family="Corvidae", genus="Pica", species="pica"),
-    Taxon.clean(kingdom="Plantae", phylum="Tracheophyta", **{"class": "Magnoliopsida"}, order="Rosales",
-                family="Rosaceae", genus="Rosa", species="canina", common="dog rose"),
-    Taxon.clean(kingdom="Fungi", phylum="Basidiomycota", **{"class": "Agaricomycetes"}, order="Agaricales",
-                family="Amanitaceae", genus="Amanita", species="muscaria", common="fly agaric"),
+    Taxon.clean(
+        kingdom="Animalia",
+        phylum="Chordata",
+        **{"class": "Aves"},
+        order="Passeriformes",
+        family="Corvidae",
+        genus="Corvus",
+        species="corax",
+        common="common raven",
+    ),
+    Taxon.clean(
+        kingdom="Animalia",
+        phylum="Chordata",
+        **{"class": "Aves"},
+        order="Passeriformes",
+        family="Corvidae",
+        genus="Pica",
+        species="pica",
+    ),
+    Taxon.clean(
+        kingdom="Plantae",
+        phylum="Tracheophyta",
+        **{"class": "Magnoliopsida"},
+        order="Rosales",
+        family="Rosaceae",
+        genus="Rosa",
+        species="canina",
+        common="dog rose",
+    ),
+    Taxon.clean(
+        kingdom="Fungi",
+        phylum="Basidiomycota",
+        **{"class": "Agaricomycetes"},
+        order="Agaricales",
+        family="Amanitaceae",
+        genus="Amanita",
+        species="muscaria",
+        common="fly agaric",
+    ),
 ]
 
 
@@ -48,8 +79,13 @@ def colour_image(i: int, size: int = 32) -> Image.Image:
 
 def make_samples(n: int, prefix: str = "s") -> list[Sample]:
     return [
-        Sample(key=f"{prefix}{i:05d}", image=encode_jpeg(colour_image(i)), taxon=TAXA[i % len(TAXA)],
-               source="test", source_id=str(i))
+        Sample(
+            key=f"{prefix}{i:05d}",
+            image=encode_jpeg(colour_image(i)),
+            taxon=TAXA[i % len(TAXA)],
+            source="test",
+            source_id=str(i),
+        )
         for i in range(n)
     ]
 

@@ -1,4 +1,4 @@
-"""tolclip-build-shards: the whole pipeline on self-made sources, resume, check, and the shared data."""
+"""tolclip build-shards: the whole pipeline on self-made sources, resume, check, and the shared data."""
 
 from __future__ import annotations
 
@@ -16,18 +16,27 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-import tolclip.curate.build as build_mod
-from tolclip.curate.build import assign_split, build, check, check_main, make_key
-from tolclip.curate.dedup import Deduplicator, content_hash, perceptual_hash
-from tolclip.data.shards import iter_records
+from tolclip.cli.build import check_main
 from tolclip.core.taxonomy import RANKS
+from tolclip.curate import image_worker, shard_writer
+from tolclip.curate.build import build
+from tolclip.curate.check import check
+from tolclip.curate.config import BuildError
+from tolclip.curate.dedup import Deduplicator, content_hash, perceptual_hash
+from tolclip.curate.splits import assign_split, make_key
+from tolclip.data.shards import iter_records
 
 from helpers import MICRO, make_cfg
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 
-SPECIES = {"corvus": "Corvus corax", "pica": "Pica pica", "amanita": "Amanita muscaria", "rosa": "Rosa canina"}
+SPECIES = {
+    "corvus": "Corvus corax",
+    "pica": "Pica pica",
+    "amanita": "Amanita muscaria",
+    "rosa": "Rosa canina",
+}
 
 
 def _image(i: int) -> Image.Image:
@@ -74,8 +83,14 @@ def sources(tmp_path: Path) -> dict[str, Path]:
 def _config(sources: dict[str, Path], out: Path, **over: object) -> dict:
     cfg = {
         "out_dir": str(out),
-        "sources": [{"kind": "image_folder", "source": "mini", "root": str(sources["root"]),
-                     "names_table": str(sources["names"])}],
+        "sources": [
+            {
+                "kind": "image_folder",
+                "source": "mini",
+                "root": str(sources["root"]),
+                "names_table": str(sources["names"]),
+            }
+        ],
         "exclude_species": ["Rosa canina"],
         "eval_images": [str(sources["eval"])],
         "resize": {"mode": "squash", "size": 32},
@@ -104,14 +119,20 @@ def test_build_end_to_end(sources: dict[str, Path], tmp_path: Path) -> None:
     original = make_key("mini", "corvus/0.png")
     assert reasons["corvus/copy_of_0.png"] == ("duplicate", f"duplicate of {original}")
     assert reasons["amanita/1.png"][0] == "eval" and "amanita_eval.jpg" in reasons["amanita/1.png"][1]
-    assert {sid for sid, (stage, _) in reasons.items() if stage == "species"} == {f"rosa/{n}.png" for n in range(4)}
+    assert {sid for sid, (stage, _) in reasons.items() if stage == "species"} == {
+        f"rosa/{n}.png" for n in range(4)
+    }
     assert len(catalog) == 11 == stats["images"]
 
     # Catalog: resolved ranks, deterministic key-hash splits, shard paths that hold exactly these keys.
     assert pq.read_table(out / "catalog.parquet").num_rows == len(catalog)
     corvus = next(r for r in catalog if r["source_id"] == "corvus/1.png")
     assert (corvus["kingdom"], corvus["family"], corvus["genus"], corvus["species"]) == (
-        "Animalia", "Corvidae", "Corvus", "corax")
+        "Animalia",
+        "Corvidae",
+        "Corvus",
+        "corax",
+    )
     assert corvus["resolution_status"] == "resolved"
     splits = {"train": 70, "val": 30}
     assert all(r["split"] == assign_split(r["key"], splits) for r in catalog)
@@ -150,11 +171,16 @@ def test_dedup_from_stored_hashes_agrees_with_images() -> None:
     # a byte copy, a re-encoded near copy, and distinct images
     buf = io.BytesIO()
     images[2].save(buf, format="JPEG", quality=70)
-    stream = [*zip(datas, images, strict=True), (datas[1], images[1]),
-              (buf.getvalue(), Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))]
+    stream = [
+        *zip(datas, images, strict=True),
+        (datas[1], images[1]),
+        (buf.getvalue(), Image.open(io.BytesIO(buf.getvalue())).convert("RGB")),
+    ]
     ref, ours = Deduplicator(), Deduplicator()
-    got = [(ref.add(f"k{i}", d, im), ours.add_hashes(f"k{i}", content_hash(d), perceptual_hash(im)))
-           for i, (d, im) in enumerate(stream)]
+    got = [
+        (ref.add(f"k{i}", d, im), ours.add_hashes(f"k{i}", content_hash(d), perceptual_hash(im)))
+        for i, (d, im) in enumerate(stream)
+    ]
     assert [a for a, _ in got] == [b for _, b in got]
     assert [a for a, _ in got][-2:] == ["k1", "k2"]
 
@@ -173,7 +199,7 @@ def test_resume_gives_identical_output(sources: dict[str, Path], tmp_path: Path,
     assert len([k for k in expected if k.endswith(".tar")]) >= 4
 
     # 1. Interrupted in the image stage after 5 images; the resume decodes only the rest.
-    real = build_mod.process_one
+    real = image_worker.process_one
     calls: list[str] = []
 
     def flaky(task):
@@ -183,17 +209,18 @@ def test_resume_gives_identical_output(sources: dict[str, Path], tmp_path: Path,
         return real(task)
 
     out = tmp_path / "interrupted"
-    monkeypatch.setattr(build_mod, "process_one", flaky)
+    monkeypatch.setattr(image_worker, "process_one", flaky)
     with pytest.raises(KeyboardInterrupt):
         build(_config(sources, out))
     assert not list(out.glob("*/shard-*.tar"))
-    monkeypatch.setattr(build_mod, "process_one", lambda task: calls.append(task[0]) or real(task))
+    monkeypatch.setattr(image_worker, "process_one", lambda task: calls.append(task[0]) or real(task))
     build(_config(sources, out, resume=True))
-    assert len(calls) == len(set(calls)) == 14  # 14 files reach the image stage (not rosa, not mystery), each decoded once
+    # 14 files reach the image stage (not rosa, not mystery), each decoded once.
+    assert len(calls) == len(set(calls)) == 14
     assert _snapshot(out) == expected
 
     # 2. Interrupted while writing shards (after two complete shards, with a half-written temp file).
-    real_write = build_mod.write_one_shard
+    real_write = shard_writer.write_one_shard
     written: list[Path] = []
 
     def crash(samples, final):
@@ -206,19 +233,19 @@ def test_resume_gives_identical_output(sources: dict[str, Path], tmp_path: Path,
         real_write(samples, final)
 
     out2 = tmp_path / "interrupted2"
-    monkeypatch.setattr(build_mod, "write_one_shard", crash)
+    monkeypatch.setattr(shard_writer, "write_one_shard", crash)
     with pytest.raises(RuntimeError, match="disk full"):
         build(_config(sources, out2))
     assert not (out2 / "catalog.csv").exists()
     rewritten: list[Path] = []
-    monkeypatch.setattr(build_mod, "write_one_shard", lambda s, f: rewritten.append(f) or real_write(s, f))
+    monkeypatch.setattr(shard_writer, "write_one_shard", lambda s, f: rewritten.append(f) or real_write(s, f))
     build(_config(sources, out2, resume=True))
     assert not set(written) & set(rewritten)  # finished shards were kept, not rewritten
     assert _snapshot(out2) == expected
     assert not list(out2.glob("*/.tmp-*"))
 
     # A changed config is refused on resume rather than mixed with the old results.
-    with pytest.raises(build_mod.BuildError, match="config changed"):
+    with pytest.raises(BuildError, match="config changed"):
         build(_config(sources, out2, resume=True, quality=80))
 
 
@@ -230,7 +257,7 @@ def test_check_finds_corrupt_shard(sources: dict[str, Path], tmp_path: Path, cap
     data = shard.read_bytes()
     # Corrupt one image's bytes inside the tar (sizes unchanged): the tar still opens, the image does not.
     start = data.index(b"\xff\xd8\xff")
-    shard.write_bytes(data[:start] + b"\x00" * 64 + data[start + 64:])
+    shard.write_bytes(data[:start] + b"\x00" * 64 + data[start + 64 :])
     val = out / "val" / "shard-000000.tar"
     val.write_bytes(val.read_bytes()[:700])  # truncated tar
     problems = check(out)
@@ -257,23 +284,31 @@ def test_check_compares_shards_with_the_catalog(sources: dict[str, Path], tmp_pa
         writer.write(r)
     writer.close()
     problems = check(out)
-    assert len(problems) == 1 and problems[0].startswith("train/shard-000000.tar: 1 catalog sample(s) missing")
+    assert len(problems) == 1 and problems[0].startswith(
+        "train/shard-000000.tar: 1 catalog sample(s) missing"
+    )
     assert dropped in problems[0]
     # A shard the catalog names but that is gone.
     (out / "val" / "shard-000000.tar").unlink()
-    assert any(p == f"val/shard-000000.tar: in catalog.csv ({sum(1 for r in _read(out / 'catalog.csv') if r['split'] == 'val')} samples) but missing"
-               for p in check(out))
+    n_val = sum(1 for r in _read(out / "catalog.csv") if r["split"] == "val")
+    assert any(p == f"val/shard-000000.tar: in catalog.csv ({n_val} samples) but missing" for p in check(out))
 
 
-def test_cli_bad_config_is_one_line(tmp_path: Path) -> None:
-    exe = Path(sys.executable).parent / "tolclip-build-shards"
-    cmd = [str(exe), f"build.out_dir={tmp_path / 'o'}", "build.sources=[{kind: nope, root: x}]",
-           f"hydra.run.dir={tmp_path / 'h'}"]
-    res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env={**os.environ, "TOLCLIP_ROOT": str(ROOT)})
+def test_cli_bad_config_is_one_line(tmp_path: Path, capsys) -> None:
+    cmd = [
+        sys.executable,
+        "-m",
+        "tolclip.cli.build",
+        f"build.out_dir={tmp_path / 'o'}",
+        "build.sources=[{kind: nope, root: x}]",
+        f"hydra.run.dir={tmp_path / 'h'}",
+    ]
+    res = subprocess.run(
+        cmd, capture_output=True, text=True, cwd=ROOT, env={**os.environ, "TOLCLIP_ROOT": str(ROOT)}
+    )
     assert res.returncode == 2
     assert "unknown source kind 'nope'" in res.stderr and "Traceback" not in res.stderr
-    res = subprocess.run([str(exe), "check", str(tmp_path)], capture_output=True, text=True)
-    assert res.returncode == 1 and "no shard" in res.stdout
+    assert check_main([str(tmp_path)]) == 1 and "no shard" in capsys.readouterr().out
 
 
 @pytest.mark.shared_data
@@ -283,23 +318,38 @@ def test_shared_sources_subset(tmp_path: Path) -> None:
     from omegaconf import OmegaConf
 
     with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "configs")):
-        cfg = compose("build/shared_sources", overrides=[
-            f"paths.root_dir={ROOT}", f"build.out_dir={tmp_path / 'out'}", "build.limit_per_source=60", "build.progress=false"])
+        cfg = compose(
+            "build/shared_sources",
+            overrides=[
+                f"paths.root_dir={ROOT}",
+                f"build.out_dir={tmp_path / 'out'}",
+                "build.limit_per_source=60",
+                "build.progress=false",
+            ],
+        )
     conf = OmegaConf.to_container(cfg.build, resolve=True)
     out = Path(conf["out_dir"])
     stats = build(conf)
     catalog, skipped, excluded = (_read(out / f) for f in ("catalog.csv", "skipped.csv", "excluded.csv"))
     assert len(catalog) + len(skipped) + len(excluded) == stats["inputs"]
-    assert set(stats["per_source"]) == {"butterflies", "tiny_imagenet", "plant_seedlings", "mushrooms_train",
-                                        "mushrooms_val", "camera_trap_edge"}
+    assert set(stats["per_source"]) == {
+        "butterflies",
+        "tiny_imagenet",
+        "plant_seedlings",
+        "mushrooms_train",
+        "mushrooms_val",
+        "camera_trap_edge",
+    }
     # The suite's evaluation splits are held out: listed as not selected, not as failures.
     held_out = [r for r in skipped if r["stage"] == "not_selected"]
     assert {r["source_id"].split("/")[0] for r in held_out} == {"test", "val"}
     assert stats["not_selected"] == len(held_out) == 500 + 3000
     assert stats["skipped"] == len(skipped) - len(held_out)
     cam = {r["source_id"]: r for r in skipped + excluded if r["source"] == "camera_trap_edge"}
-    assert (cam["african_elephants_truncated_file.jpg"]["stage"],
-            cam["african_elephants_truncated_file.jpg"]["reason"]) == ("image", "truncated")
+    assert (
+        cam["african_elephants_truncated_file.jpg"]["stage"],
+        cam["african_elephants_truncated_file.jpg"]["reason"],
+    ) == ("image", "truncated")
     for blank in ("blank.jpg", "blank2.jpg", "blank3.jpg", "vehicle.jpg"):
         assert cam[blank]["stage"] == "resolve" and cam[blank]["reason"].startswith("no taxon")
     # The grey, CMYK and EXIF-rotated elephants are the original photo (pHash distance 0, see tolclip.curate.dedup):
@@ -324,8 +374,12 @@ def test_labels_short_of_seven_ranks_are_reported(tmp_path: Path) -> None:
     # Tiny ImageNet as labelled: a species (goldfish), a genus only (baboon -> Papio), an order only
     # (scorpion -> Scorpiones), and a species whose NCBI lineage has no class (American alligator).
     tiny = SHARED / "sources" / "tiny-imagenet-organisms" / "train"
-    rows = [("n01443537", "Carassius auratus", ""), ("n02486410", "Papio", ""), ("n01770393", "", "Scorpiones"),
-            ("n01698640", "Alligator mississippiensis", "")]
+    rows = [
+        ("n01443537", "Carassius auratus", ""),
+        ("n02486410", "Papio", ""),
+        ("n01770393", "", "Scorpiones"),
+        ("n01698640", "Alligator mississippiensis", ""),
+    ]
     manifest = tmp_path / "manifest.csv"
     with manifest.open("w", newline="") as fh:
         w = csv.writer(fh)
@@ -334,8 +388,15 @@ def test_labels_short_of_seven_ranks_are_reported(tmp_path: Path) -> None:
             for f in sorted((tiny / wnid).glob("*.JPEG"))[:2]:
                 w.writerow([str(f), name, order])
     out = tmp_path / "out"
-    stats = build({"out_dir": str(out), "sources": [{"kind": "manifest", "source": "tiny", "table_path": str(manifest)}],
-                   "resize": {"mode": "squash", "size": 32}, "workers": 1, "progress": False})
+    stats = build(
+        {
+            "out_dir": str(out),
+            "sources": [{"kind": "manifest", "source": "tiny", "table_path": str(manifest)}],
+            "resize": {"mode": "squash", "size": 32},
+            "workers": 1,
+            "progress": False,
+        }
+    )
     catalog = _read(out / "catalog.csv")
     assert len(catalog) == 8
     # Only the goldfish has seven ranks; baboon and scorpion are complete down to where their labels stop,
@@ -344,13 +405,23 @@ def test_labels_short_of_seven_ranks_are_reported(tmp_path: Path) -> None:
     assert stats["fraction_complete_to_lowest_rank"] == 6 / 8
     assert stats["fraction_all_seven_ranks_of_species_labels"] == 2 / 4  # goldfish yes, alligator no
     # min_rank=species keeps only the complete lineages; the rest are excluded with the missing ranks.
-    strict = build({"out_dir": str(tmp_path / "strict"), "min_rank": "species", "resize": {"mode": "squash", "size": 32},
-                    "sources": [{"kind": "manifest", "source": "tiny", "table_path": str(manifest)}],
-                    "workers": 1, "progress": False})
+    strict = build(
+        {
+            "out_dir": str(tmp_path / "strict"),
+            "min_rank": "species",
+            "resize": {"mode": "squash", "size": 32},
+            "sources": [{"kind": "manifest", "source": "tiny", "table_path": str(manifest)}],
+            "workers": 1,
+            "progress": False,
+        }
+    )
     assert strict["images"] == 2 and strict["fraction_all_seven_ranks"] == 1.0
     reasons = {r["reason"] for r in _read(tmp_path / "strict" / "excluded.csv")}
-    assert reasons == {"lineage lacks species (min_rank species)", "lineage lacks class (min_rank species)",
-                       "lineage lacks family, genus, species (min_rank species)"}
+    assert reasons == {
+        "lineage lacks species (min_rank species)",
+        "lineage lacks class (min_rank species)",
+        "lineage lacks family, genus, species (min_rank species)",
+    }
     # Every label short of seven ranks is named in the resolution report with its outcome.
     report = _read(out / "resolution_report.csv")
     short = {tuple(r[x] for x in RANKS) for r in catalog if not all(r[x] for x in RANKS)}
@@ -369,18 +440,35 @@ def test_training_runs_on_shards_built_from_shared_sources(tmp_path: Path) -> No
     from tolclip.training.run import train
 
     with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "configs")):
-        cfg = compose("build/shared_sources", overrides=[
-            f"paths.root_dir={ROOT}", f"build.out_dir={tmp_path / 'built'}", "build.limit_per_source=20",
-            "build.progress=false", "build.splits.train=80", "build.splits.val=20"])
+        cfg = compose(
+            "build/shared_sources",
+            overrides=[
+                f"paths.root_dir={ROOT}",
+                f"build.out_dir={tmp_path / 'built'}",
+                "build.limit_per_source=20",
+                "build.progress=false",
+                "build.splits.train=80",
+                "build.splits.val=20",
+            ],
+        )
     build(OmegaConf.to_container(cfg.build, resolve=True))
-    run = make_cfg(tmp_path, [
-        "data=shared_sources", "data.epoch_samples=16",
-        "data.batch_size=8", "data.num_workers=0", "data.shuffle_buffer=8",
-        f"data.train_shards={tmp_path / 'built'}/train/shard-*.tar",
-        f"data.eval_sets.val={tmp_path / 'built'}/val/shard-*.tar",
-        "logger=csv", "callbacks.zero_shot.templates=single", "~callbacks.progress_bar", "trainer.max_epochs=1",
-        *MICRO,
-    ])
+    run = make_cfg(
+        tmp_path,
+        [
+            "data=shared_sources",
+            "data.epoch_samples=16",
+            "data.batch_size=8",
+            "data.num_workers=0",
+            "data.shuffle_buffer=8",
+            f"data.train_shards={tmp_path / 'built'}/train/shard-*.tar",
+            f"data.eval_sets.val={tmp_path / 'built'}/val/shard-*.tar",
+            "logger=csv",
+            "callbacks.zero_shot.templates=single",
+            "~callbacks.progress_bar",
+            "trainer.max_epochs=1",
+            *MICRO,
+        ],
+    )
     out = train(run)
     assert out["trainer"].global_step == 2
     assert {r.rank for r in out["zero_shot"]} >= {"kingdom", "genus", "species"}

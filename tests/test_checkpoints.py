@@ -1,4 +1,5 @@
-"""Tests for tolclip.models.interop: open_clip / BioCLIP weights in, open_clip model folders out, clear errors.
+"""Tests for open_clip interop (tolclip.models loading and export, `tolclip convert`): open_clip / BioCLIP
+weights in, open_clip model folders out, clear errors.
 
 open_clip is the reference throughout: models are built with random (perturbed) weights by open_clip itself,
 saved in the formats open_clip and BioCLIP use, loaded into our towers and compared on the same inputs.
@@ -21,21 +22,16 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
-from tolclip.models.interop import (
-    LoadedModel,
-    export_open_clip,
-    infer_net_config,
-    load_model,
-    load_open_clip,
-    load_tolclip,
-    main,
-)
+from tolclip.cli.convert import main
 from tolclip.core.constants import CLIP_MEAN, CLIP_STD
-from tolclip.data.transforms import Preprocess
-from tolclip.models.open_clip_keys import open_clip_kwargs
 from tolclip.core.tokenizer import get_tokenizer
-from tolclip.models.towers import CLIP
+from tolclip.data.transforms import Preprocess
+from tolclip.models.checkpoints import load_net
 from tolclip.models.config import net_config
+from tolclip.models.export import export_open_clip
+from tolclip.models.loading import LoadedModel, load_model, load_open_clip, load_tolclip
+from tolclip.models.open_clip_config import infer_net_config, open_clip_kwargs
+from tolclip.models.towers import CLIP
 
 CAPTIONS = [
     "a photo of Corvus corax, common raven.",
@@ -332,9 +328,9 @@ def test_load_tolclip_uses_the_run_config(tolclip_run: tuple[Path, CLIP], tmp_pa
     a, b = net.state_dict(), loaded.net.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a) and not loaded.net.training
 
-    from tolclip.models.interop import load_net
-
-    assert isinstance(load_net(ckpt, OmegaConf.create({"_target_": "tolclip.models.towers.CLIP", **ODD})), CLIP)
+    assert isinstance(
+        load_net(ckpt, OmegaConf.create({"_target_": "tolclip.models.towers.CLIP", **ODD})), CLIP
+    )
 
     alone = tmp_path / "alone.ckpt"  # outside its run: the config must be given
     alone.write_bytes(ckpt.read_bytes())

@@ -1,7 +1,7 @@
 import torch
 
-from tolclip.training.clip_module import CLIPLitModule, warmup_cosine
 from tolclip.models.towers import CLIP
+from tolclip.training.clip_module import CLIPLitModule, warmup_cosine
 
 MICRO = dict(
     embed_dim=16,

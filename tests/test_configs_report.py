@@ -7,9 +7,10 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
+from tolclip.cli.report import main
 from tolclip.core.captions import MIXED, TEXT_TYPES
-from tolclip.evaluation.report import collect, main, pivot
 from tolclip.core.resources import config_dir
+from tolclip.evaluation.report import collect, pivot
 
 CONFIG_DIR = str(config_dir())
 
@@ -30,8 +31,15 @@ def test_text_type_experiments(text_type):
 
 @pytest.mark.parametrize("model,trainer", [("tiny", "cpu"), ("vit_b16", "gpu"), ("vit_b16", "ddp")])
 def test_model_and_trainer_groups_compose(model, trainer):
-    cfg = compose_train([f"model={model}", f"trainer={trainer}", "data=shards", "data.train_shards=x.tar",
-                         "data.epoch_samples=10"])
+    cfg = compose_train(
+        [
+            f"model={model}",
+            f"trainer={trainer}",
+            "data=shards",
+            "data.train_shards=x.tar",
+            "data.epoch_samples=10",
+        ]
+    )
     assert cfg.data.image_size == cfg.model.net.vision.image_size
     if model == "vit_b16":
         assert cfg.model.optimizer.lr == 1e-4 and cfg.model.scheduler.warmup_steps == 1000
@@ -44,13 +52,27 @@ def write_run(path: Path, train_type: str, rows: list[tuple[str, str, str, float
     path.mkdir(parents=True)
     with (path / "zero_shot.csv").open("w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["train_text_type", "text_type", "eval_set", "rank", "images", "classes", "top1", "top5", "chance"])
+        w.writerow(
+            [
+                "train_text_type",
+                "text_type",
+                "eval_set",
+                "rank",
+                "images",
+                "classes",
+                "top1",
+                "top5",
+                "chance",
+            ]
+        )
         for text_type, eval_set, rank, top1 in rows:
             w.writerow([train_type, text_type, eval_set, rank, 10, 4, top1, 1.0, 0.25])
 
 
 def test_report_pivots_runs(tmp_path, capsys):
-    write_run(tmp_path / "0", "taxon", [("taxon", "unseen", "genus", 0.5), ("taxon", "unseen", "species", 0.125)])
+    write_run(
+        tmp_path / "0", "taxon", [("taxon", "unseen", "genus", 0.5), ("taxon", "unseen", "species", 0.125)]
+    )
     write_run(tmp_path / "1", "com", [("taxon", "unseen", "genus", 0.25)])
     header, body = pivot(collect(tmp_path))
     assert header == ["train text", "eval text", "eval set", "genus", "species"]

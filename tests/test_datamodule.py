@@ -4,11 +4,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from tolclip.data.datamodule import ShardDataModule, expand_shards
-from tolclip.data.shards import iter_records, shard_spec, write_shards
-from tolclip.data.images import encode_jpeg
 from tolclip.core.taxonomy import Taxon
 from tolclip.core.tokenizer import get_tokenizer
+from tolclip.data.datamodule import ShardDataModule, expand_shards
+from tolclip.data.images import encode_jpeg
+from tolclip.data.shards import iter_records, shard_spec, write_shards
 
 from helpers import TAXA, add_raw_member, colour_image, make_samples
 
@@ -18,8 +18,18 @@ def test_writer_format_matches_tol10m_names(tmp_path):
     assert [p.name for p in paths] == ["shard-000000.tar", "shard-000001.tar", "shard-000002.tar"]
     assert expand_shards(shard_spec(paths)) == [str(p) for p in paths]
     rec = next(iter_records(str(paths[0])))
-    assert {"jpg", "taxon.json", "com.txt", "sci.txt", "taxon.txt", "sci_com.txt", "taxon_com.txt",
-            "scientific_name.txt", "taxonomic_name.txt", "common_name.txt"} <= set(rec)
+    assert {
+        "jpg",
+        "taxon.json",
+        "com.txt",
+        "sci.txt",
+        "taxon.txt",
+        "sci_com.txt",
+        "taxon_com.txt",
+        "scientific_name.txt",
+        "taxonomic_name.txt",
+        "common_name.txt",
+    } <= set(rec)
     meta = json.loads(rec["taxon.json"])
     assert meta["class"] == "Aves" and meta["source"] == "test"
     assert rec["sci.txt"] == b"a photo of Corvus corax."
@@ -38,9 +48,17 @@ def test_expand_shards_glob_brace_list_and_missing(small_shards):
 
 
 def _dm(root: Path, **kw) -> ShardDataModule:
-    args = dict(train_shards=str(root / "train" / "shard-*.tar"), eval_sets={"val": str(root / "val" / "*.tar")},
-                text_type="sci", image_size=32, batch_size=4, num_workers=0, shuffle_buffer=8,
-                resampled=False, epoch_samples=None)
+    args = dict(
+        train_shards=str(root / "train" / "shard-*.tar"),
+        eval_sets={"val": str(root / "val" / "*.tar")},
+        text_type="sci",
+        image_size=32,
+        batch_size=4,
+        num_workers=0,
+        shuffle_buffer=8,
+        resampled=False,
+        epoch_samples=None,
+    )
     args.update(kw)
     return ShardDataModule(**args)
 
@@ -95,8 +113,15 @@ def test_corrupt_samples_are_skipped_and_counted(tmp_path):
     # A sample missing only its caption file is rebuilt from taxon.json, not dropped.
     add_raw_member(paths[0], "ok00003.jpg", good)
     add_raw_member(paths[0], "ok00003.taxon.json", json.dumps(TAXA[2].to_dict()).encode())
-    dm = ShardDataModule(train_shards=str(paths[0]), text_type="sci", image_size=32, batch_size=1,
-                         num_workers=0, shuffle_buffer=0, resampled=False)
+    dm = ShardDataModule(
+        train_shards=str(paths[0]),
+        text_type="sci",
+        image_size=32,
+        batch_size=1,
+        num_workers=0,
+        shuffle_buffer=0,
+        resampled=False,
+    )
     batches = list(dm.train_dataloader())
     keys = [b["key"][0] for b in batches]
     assert len(keys) == 11 and "ok00003" in keys and "bad00001" not in keys
@@ -107,8 +132,15 @@ def test_truncated_shard_is_skipped_not_fatal(tmp_path):
     paths = write_shards(make_samples(20), tmp_path / "train", max_count=10)
     data = paths[1].read_bytes()
     paths[1].write_bytes(data[: len(data) // 2])  # cut the second shard mid-member
-    dm = ShardDataModule(train_shards=[str(p) for p in paths], text_type="com", image_size=32,
-                         batch_size=1, num_workers=0, shuffle_buffer=0, resampled=False)
+    dm = ShardDataModule(
+        train_shards=[str(p) for p in paths],
+        text_type="com",
+        image_size=32,
+        batch_size=1,
+        num_workers=0,
+        shuffle_buffer=0,
+        resampled=False,
+    )
     batches = list(dm.train_dataloader())
     assert 10 <= len(batches) < 20
     assert dm.skipped_samples >= 1
@@ -120,8 +152,15 @@ def test_skips_counted_across_worker_processes(tmp_path):
     for p in paths:
         add_raw_member(p, f"bad{p.stem[-1]}.jpg", good[:100])
         add_raw_member(p, f"bad{p.stem[-1]}.sci.txt", b"x")
-    dm = ShardDataModule(train_shards=[str(p) for p in paths], text_type="sci", image_size=32,
-                         batch_size=2, num_workers=2, shuffle_buffer=0, resampled=False)
+    dm = ShardDataModule(
+        train_shards=[str(p) for p in paths],
+        text_type="sci",
+        image_size=32,
+        batch_size=2,
+        num_workers=2,
+        shuffle_buffer=0,
+        resampled=False,
+    )
     assert sum(b["image"].shape[0] for b in dm.train_dataloader()) == 8
     assert dm.skipped_samples == 2
 

@@ -9,7 +9,14 @@ import pytest
 import torch
 from sklearn.linear_model import LogisticRegression
 
-from tolclip.evaluation.few_shot import FewShotResult, cl2n, fold_indices, linear_probe, nearest_centroid, simpleshot
+from tolclip.evaluation.few_shot import (
+    FewShotResult,
+    cl2n,
+    fold_indices,
+    linear_probe,
+    nearest_centroid,
+    simpleshot,
+)
 
 # Uneven classes: "a" (1 image) is too small for any k, "c" (5 images) is too small for k=5 only.
 SIZES = {"a": 1, "b": 3, "c": 5, "d": 6, "e": 9, "f": 14, "g": 23, "h": 31}

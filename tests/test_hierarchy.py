@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from tolclip.core.taxonomy import RANKS, Taxon, lineage
 from tolclip.evaluation.hierarchy import (
     lca_height,
     mistake_severity,
@@ -8,8 +9,6 @@ from tolclip.evaluation.hierarchy import (
     summed_rank_accuracy,
     summed_rank_predictions,
 )
-from tolclip.core.taxonomy import RANKS, Taxon
-from tolclip.core.taxonomy import lineage
 
 
 def tx(k="", p="", c="", o="", f="", g="", s="") -> Taxon:

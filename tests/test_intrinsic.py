@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from tolclip.core.taxonomy import RANKS, Taxon, lineage
 from tolclip.evaluation.intrinsic import (
     PNG_SIGNATURE,
     embed_2d,
@@ -12,8 +13,6 @@ from tolclip.evaluation.intrinsic import (
     silhouette_per_rank,
     tree_distance_correlation,
 )
-from tolclip.core.taxonomy import RANKS, Taxon
-from tolclip.core.taxonomy import lineage
 
 DIM = 32
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tolclip.curate.resolve import Resolver, TableBackend, TaxoniqBackend, resolve
 from tolclip.core.taxonomy import RANKS
+from tolclip.curate.resolve import Resolver, TableBackend, TaxoniqBackend, resolve
 
 pytest.importorskip("taxoniq")
 NCBI = TaxoniqBackend()
@@ -21,7 +21,15 @@ def _ncbi(scientific_name: str, ranks: dict[str, str] | None = None, common: str
 def test_species_resolves_to_seven_ranks_with_normalised_kingdoms() -> None:
     raven = _ncbi("Corvus corax Linnaeus, 1758")
     assert raven.status == "resolved" and raven.rank == "species"
-    assert raven.taxon.ranks == ("Animalia", "Chordata", "Aves", "Passeriformes", "Corvidae", "Corvus", "corax")
+    assert raven.taxon.ranks == (
+        "Animalia",
+        "Chordata",
+        "Aves",
+        "Passeriformes",
+        "Corvidae",
+        "Corvus",
+        "corax",
+    )
     assert raven.taxon.common == "Common raven"  # from the backend: the source gave none
     assert _ncbi("Corvus corax", common="raven").taxon.common == "raven"  # the source's wins
 
@@ -38,7 +46,14 @@ def test_species_resolves_to_seven_ranks_with_normalised_kingdoms() -> None:
 def test_higher_names_give_partial_with_ranks_filled_above() -> None:
     baboon = _ncbi("Papio")
     assert (baboon.status, baboon.rank) == ("partial", "genus")
-    assert baboon.taxon.ranks[:6] == ("Animalia", "Chordata", "Mammalia", "Primates", "Cercopithecidae", "Papio")
+    assert baboon.taxon.ranks[:6] == (
+        "Animalia",
+        "Chordata",
+        "Mammalia",
+        "Primates",
+        "Cercopithecidae",
+        "Papio",
+    )
     assert baboon.taxon.species == ""
 
     metalmark = _ncbi("Riodinidae")
@@ -49,8 +64,15 @@ def test_higher_names_give_partial_with_ranks_filled_above() -> None:
 def test_species_missing_from_ncbi_keeps_the_source_epithet() -> None:
     morpho = _ncbi("Morpho peleides", common="blue morpho")
     assert (morpho.status, morpho.rank, morpho.query) == ("partial", "genus", "Morpho")
-    assert morpho.taxon.ranks == ("Animalia", "Arthropoda", "Insecta", "Lepidoptera", "Nymphalidae", "Morpho",
-                                  "peleides")
+    assert morpho.taxon.ranks == (
+        "Animalia",
+        "Arthropoda",
+        "Insecta",
+        "Lepidoptera",
+        "Nymphalidae",
+        "Morpho",
+        "peleides",
+    )
     assert "not in backend" in morpho.note and morpho.taxon.common == "blue morpho"
 
     # NCBI files Polygonia as a subgenus of Nymphalis: the source's genus is kept, the difference noted.
@@ -79,8 +101,15 @@ def test_alligator_lacks_a_class_in_ncbi() -> None:
 
 
 def test_source_ranks_win_over_the_backend_and_contradictions_are_noted() -> None:
-    gbif_style = {"kingdom": "Plantae", "phylum": "Tracheophyta", "class": "Magnoliopsida",
-                  "order": "Caryophyllales", "family": "Amaranthaceae", "genus": "Beta", "species": "vulgaris"}
+    gbif_style = {
+        "kingdom": "Plantae",
+        "phylum": "Tracheophyta",
+        "class": "Magnoliopsida",
+        "order": "Caryophyllales",
+        "family": "Amaranthaceae",
+        "genus": "Beta",
+        "species": "vulgaris",
+    }
     res = resolve(gbif_style, "", "", NCBI)
     assert res.status == "resolved"
     assert res.taxon.phylum == "Tracheophyta" and res.taxon.family == "Amaranthaceae"
@@ -109,8 +138,26 @@ def test_taxoniq_homonyms_are_caught_only_through_the_source_ranks() -> None:
 def morus_table(tmp_path: Path) -> TableBackend:
     path = tmp_path / "backbone.tsv"
     rows = [
-        ("Plantae", "Tracheophyta", "Magnoliopsida", "Rosales", "Moraceae", "Morus", "Morus alba", "white mulberry"),
-        ("Animalia", "Chordata", "Aves", "Suliformes", "Sulidae", "Morus", "Morus bassanus", "northern gannet"),
+        (
+            "Plantae",
+            "Tracheophyta",
+            "Magnoliopsida",
+            "Rosales",
+            "Moraceae",
+            "Morus",
+            "Morus alba",
+            "white mulberry",
+        ),
+        (
+            "Animalia",
+            "Chordata",
+            "Aves",
+            "Suliformes",
+            "Sulidae",
+            "Morus",
+            "Morus bassanus",
+            "northern gannet",
+        ),
         ("Animalia", "Chordata", "Aves", "Suliformes", "Sulidae", "Sula", "Sula sula", ""),
     ]
     with path.open("w", newline="") as fh:
@@ -159,7 +206,11 @@ def test_resolver_report_counts_images_per_distinct_label(morus_table: TableBack
     assert len(rows) == 4
     gannet = rows["scientific_name=Morus bassanus; common_name=gannet"]
     assert (gannet["status"], gannet["images"], gannet["common"], gannet["kingdom"]) == (
-        "resolved", 3, "gannet", "Animalia")
+        "resolved",
+        3,
+        "gannet",
+        "Animalia",
+    )
     assert rows["family=Sulidae"]["rank"] == "family" and rows["family=Sulidae"]["images"] == 2
 
     summary = resolver.summary()

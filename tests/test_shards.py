@@ -35,7 +35,12 @@ def test_members_round_trip_through_tarfile(tmp_path) -> None:
             for m in tar.getmembers():
                 assert m.isfile() and m.mtime == 0 and m.mode == 0o444
                 got[m.name] = tar.extractfile(m).read()
-    want = {f"{r['__key__']}.{ext}": v for r in map(to_record, samples) for ext, v in r.items() if ext != "__key__"}
+    want = {
+        f"{r['__key__']}.{ext}": v
+        for r in map(to_record, samples)
+        for ext, v in r.items()
+        if ext != "__key__"
+    }
     assert got == want
 
 
@@ -51,5 +56,7 @@ def test_max_bytes_starts_a_new_shard(tmp_path) -> None:
 @pytest.mark.skipif(shutil.which("tar") is None, reason="GNU tar not installed")
 def test_gnu_tar_lists_the_shard(tmp_path) -> None:
     (path,) = write_shards(make_samples(2), tmp_path)
-    listing = subprocess.run(["tar", "-tf", str(path)], capture_output=True, text=True, check=True).stdout.split()
+    listing = subprocess.run(
+        ["tar", "-tf", str(path)], capture_output=True, text=True, check=True
+    ).stdout.split()
     assert len(listing) == 2 * len(to_record(make_samples(1)[0])) - 2

@@ -15,12 +15,12 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from PIL import Image
 
+from tolclip.core.resources import config_dir
 from tolclip.data.transforms import Preprocess
 from tolclip.evaluation.features import FeatureCache, extract_image_features
 from tolclip.evaluation.report import suite_table, write_suite
 from tolclip.evaluation.suite import EvalModel, evaluate, load_eval_model
 from tolclip.evaluation.tasks import TaskError, load_task
-from tolclip.core.resources import config_dir
 from tolclip.training.run import train
 
 from helpers import MICRO, make_cfg
@@ -29,9 +29,21 @@ CONFIG_DIR = str(config_dir())
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
-needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data not present (only in the dev/CI checkout)")
-PAPER_TASKS = ["birds525", "plankton", "insects", "insects2", "plantnet", "fungi", "plantvillage", "medicinal_leaf",
-               "plantdoc", "rare_species"]
+needs_shared = pytest.mark.skipif(
+    not SHARED.is_dir(), reason="../shared/data not present (only in the dev/CI checkout)"
+)
+PAPER_TASKS = [
+    "birds525",
+    "plankton",
+    "insects",
+    "insects2",
+    "plantnet",
+    "fungi",
+    "plantvillage",
+    "medicinal_leaf",
+    "plantdoc",
+    "rare_species",
+]
 SHARED_TASKS = ["shared_butterflies", "shared_tiny_imagenet", "shared_mushrooms"]
 FAST = ["suite.templates=single", "suite.few_shot.folds=2", "suite.intrinsic.max_points=60"]
 
@@ -134,14 +146,19 @@ def test_unreadable_images_are_listed_and_features_cached(tmp_path: Path) -> Non
 
 def write_open_clip_folder(out: Path, seed: int = 0) -> Path:
     """A small random open_clip CLIP (QuickGELU) saved as a release folder, in open_clip's own names."""
-    model_cfg = {"embed_dim": 32, "quick_gelu": True,
-                 "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8},
-                 "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 1, "layers": 2}}
+    model_cfg = {
+        "embed_dim": 32,
+        "quick_gelu": True,
+        "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8},
+        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 1, "layers": 2},
+    }
     torch.manual_seed(seed)
     model = open_clip.model.CLIP(**{k: v for k, v in model_cfg.items() if k != "quick_gelu"}, quick_gelu=True)
     out.mkdir(parents=True)
-    safetensors.torch.save_file({k: v.contiguous() for k, v in model.state_dict().items() if k != "attn_mask"},
-                                out / "open_clip_model.safetensors")
+    safetensors.torch.save_file(
+        {k: v.contiguous() for k, v in model.state_dict().items() if k != "attn_mask"},
+        out / "open_clip_model.safetensors",
+    )
     (out / "open_clip_config.json").write_text(json.dumps({"model_cfg": model_cfg}))
     return out
 
@@ -149,11 +166,23 @@ def write_open_clip_folder(out: Path, seed: int = 0) -> Path:
 @pytest.fixture
 def trained_run(small_shards: Path, tmp_path: Path) -> Path:
     """A micro tolclip trained a few steps, with its run folder as `@hydra.main` leaves it."""
-    cfg = make_cfg(tmp_path, [
-        "data=shards", f"data.train_shards={small_shards}/train/shard-*.tar",
-        f"+data.eval_sets.val={small_shards}/val/shard-*.tar", "data.epoch_samples=16", "data.batch_size=8",
-        "data.num_workers=0", "data.shuffle_buffer=8", "logger=csv", "callbacks.zero_shot=null",
-        "~callbacks.progress_bar", "trainer.max_epochs=1", *MICRO])
+    cfg = make_cfg(
+        tmp_path,
+        [
+            "data=shards",
+            f"data.train_shards={small_shards}/train/shard-*.tar",
+            f"+data.eval_sets.val={small_shards}/val/shard-*.tar",
+            "data.epoch_samples=16",
+            "data.batch_size=8",
+            "data.num_workers=0",
+            "data.shuffle_buffer=8",
+            "logger=csv",
+            "callbacks.zero_shot=null",
+            "~callbacks.progress_bar",
+            "trainer.max_epochs=1",
+            *MICRO,
+        ],
+    )
     train(cfg)
     run = tmp_path / "run"
     (run / ".hydra").mkdir(exist_ok=True)
@@ -173,7 +202,8 @@ def test_every_measure_for_a_trained_checkpoint(trained_run: Path, tmp_path: Pat
     assert result["features"] == len(task.paths) == 48 and result["unreadable"] == []
     zs = result["zero_shot"]
     assert 0 <= zs["top1"] <= zs["top5"] == 1.0  # 4 classes: top-5 holds every class
-    assert set(result["rank_level"]["summed"]) == {"order", "family", "genus", "species"}  # one kingdom..class
+    # One kingdom..class in the task, so those ranks have a single group and are left out.
+    assert set(result["rank_level"]["summed"]) == {"order", "family", "genus", "species"}
     assert result["rank_level"]["summed"]["species"] == pytest.approx(zs["top1"])
     assert 0 <= result["rank_level"]["consistency_direct"] <= 1
     assert set(result["few_shot"]) == {"1_shot", "5_shot", "linear_probe"}
@@ -207,17 +237,28 @@ def test_image_only_model_gets_few_shot_but_no_zero_shot(tmp_path: Path) -> None
 @needs_shared
 def test_make_eval_suite_multirun_writes_the_table(trained_run: Path, tmp_path: Path) -> None:
     """The suite as `make eval-suite` runs it: models × tasks multirun, then the paper-shaped table."""
-    conf = tmp_path / "conf" / "eval" / "model"
+    conf = tmp_path / "conf" / "suite" / "model"
     conf.mkdir(parents=True)
-    (conf / "t_ours.yaml").write_text(f"# @package model\nkind: tolclip\npath: {trained_run}/checkpoints/last.ckpt\n"
-                                      "name: ours\n")
+    (conf / "t_ours.yaml").write_text(
+        f"# @package model\nkind: tolclip\npath: {trained_run}/checkpoints/last.ckpt\nname: ours\n"
+    )
     folder = write_open_clip_folder(tmp_path / "random_openclip")
     (conf / "t_random.yaml").write_text(f"# @package model\nkind: open_clip\npath: {folder}\nname: random\n")
     sweep = tmp_path / "sweep"
-    cmd = [sys.executable, "-m", "tolclip.evaluation.suite", "-m", "suite/model=t_ours,t_random",
-           "suite/task=shared_mushrooms,shared_butterflies", "task.max_per_class=6", *FAST,
-           f"suite.cache_dir={tmp_path / 'cache'}", f"hydra.searchpath=[file://{tmp_path / 'conf'}]",
-           f"hydra.sweep.dir={sweep}", f"paths.root_dir={ROOT}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "tolclip.cli.suite",
+        "-m",
+        "suite/model=t_ours,t_random",
+        "suite/task=shared_mushrooms,shared_butterflies",
+        "task.max_per_class=6",
+        *FAST,
+        f"suite.cache_dir={tmp_path / 'cache'}",
+        f"hydra.searchpath=[file://{tmp_path / 'conf'}]",
+        f"hydra.sweep.dir={sweep}",
+        f"paths.root_dir={ROOT}",
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("zero-shot top-1") == 4
@@ -227,7 +268,9 @@ def test_make_eval_suite_multirun_writes_the_table(trained_run: Path, tmp_path: 
     results = [json.loads(p.read_text()) for p in sweep.rglob("results.json")]
     header, body = suite_table(results, "1-shot")
     assert header == ["model", "shared_butterflies", "shared_mushrooms", "mean"]
-    assert sorted(row[0] for row in body) == ["ours", "random"] and all(c != "-" for row in body for c in row[1:])
+    assert sorted(row[0] for row in body) == ["ours", "random"] and all(
+        c != "-" for row in body for c in row[1:]
+    )
     # butterflies-100 has 5 test images per class: no query is left after 5 shots, so no number.
     _, body = suite_table(results, "5-shot")
     assert all(row[1] == "-" and row[2] != "-" and row[3] == row[2] for row in body)
@@ -236,9 +279,17 @@ def test_make_eval_suite_multirun_writes_the_table(trained_run: Path, tmp_path: 
 
 
 def test_missing_benchmark_is_one_line_not_a_trace(tmp_path: Path) -> None:
-    cmd = [sys.executable, "-m", "tolclip.evaluation.suite", "suite/task=birds525", "suite/model=random_openclip_b16",
-           f"benchmark_dir={tmp_path / 'nowhere'}", f"paths.data_dir={tmp_path}", f"hydra.run.dir={tmp_path / 'run'}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "tolclip.cli.suite",
+        "suite/task=birds525",
+        "suite/model=random_openclip_b16",
+        f"benchmark_dir={tmp_path / 'nowhere'}",
+        f"paths.data_dir={tmp_path}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert done.returncode == 2
-    assert done.stderr.strip().splitlines()[-1].startswith("tolclip-eval-suite: error:")
+    assert done.stderr.strip().splitlines()[-1].startswith("tolclip eval-suite: error:")
     assert "Traceback" not in done.stderr

@@ -9,21 +9,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf
 from PIL import Image
 
-from tolclip.training.clip_module import CLIPLitModule
-from tolclip.data.shards import Sample, write_shards
-from tolclip.data.images import encode_jpeg
-from tolclip.data.shards import scan_species
-from tolclip.models.interop import load_classifier
-from tolclip.training.callbacks import SkippedSamples, SpeciesEvaluation
-from tolclip.training.supervised import SupervisedLitModule
-from tolclip.core.taxonomy import Taxon
-from tolclip.models.towers import CLIP
 from tolclip.core.resources import config_dir
+from tolclip.core.taxonomy import Taxon
+from tolclip.data.images import encode_jpeg
+from tolclip.data.shards import Sample, scan_species, write_shards
+from tolclip.models.checkpoints import load_classifier
 from tolclip.models.config import net_config
+from tolclip.models.towers import CLIP
+from tolclip.training.callbacks import SkippedSamples, SpeciesEvaluation
+from tolclip.training.clip_module import CLIPLitModule
 from tolclip.training.run import train
+from tolclip.training.supervised import SupervisedLitModule
 
 from helpers import TAXA, make_cfg
 
@@ -252,7 +250,9 @@ def test_the_benchmark_suite_evaluates_the_supervised_baseline(trained, tmp_path
     from tolclip.evaluation.suite import evaluate, load_eval_model
     from tolclip.evaluation.tasks import Task
 
-    model = load_eval_model({"kind": "supervised", "path": str(trained["run_dir"] / "checkpoints" / "last.ckpt")})
+    model = load_eval_model(
+        {"kind": "supervised", "path": str(trained["run_dir"] / "checkpoints" / "last.ckpt")}
+    )
     assert not model.has_text and model.preprocess.image_size == 32
     paths, labels = [], []
     for i in range(24):  # the toy species' colours, 6 images each

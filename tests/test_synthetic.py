@@ -11,11 +11,19 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tolclip.data.synthetic import dataset as synthetic
+from tolclip.cli.synthetic import main
 from tolclip.core.captions import TEXT_TYPES, all_captions, caption
-from tolclip.data.shards import decode_taxon, iter_records
-from tolclip.data.synthetic import SyntheticConfig, build_synthetic_dataset, build_tree, render
 from tolclip.core.taxonomy import RANKS, Taxon
+from tolclip.data.shards import decode_taxon, iter_records
+from tolclip.data.synthetic import (
+    SPLITS,
+    SyntheticConfig,
+    build_synthetic_dataset,
+    build_tree,
+    dataset,
+    load_manifest,
+    render,
+)
 
 # 3 kingdoms x 2 phyla x 2 genera x 3 species (1 unseen): 36 species, 264 images, well under a second.
 SMALL = SyntheticConfig(
@@ -71,7 +79,7 @@ def test_every_record_decodes(built: tuple[Path, dict]) -> None:
     out, manifest = built
     by_name = {Taxon.from_dict(t["taxon"]).scientific_name: t for t in _taxa(out)}
     keys = set()
-    for split in synthetic.SPLITS:
+    for split in SPLITS:
         for rec in _records(out, manifest, split):
             assert rec["__key__"] not in keys and "." not in rec["__key__"]
             keys.add(rec["__key__"])
@@ -117,7 +125,7 @@ def test_determinism(built: tuple[Path, dict], tmp_path: Path) -> None:
     again = build_synthetic_dataset(tmp_path / "again", SMALL)
     assert (out / "taxa.json").read_bytes() == (tmp_path / "again" / "taxa.json").read_bytes()
     assert again["files"] == manifest["files"] and again["counts"] == manifest["counts"]
-    for split in synthetic.SPLITS:
+    for split in SPLITS:
         for f in manifest["files"][split]:
             assert (out / f).read_bytes() == (tmp_path / "again" / f).read_bytes()
     other = build_tree(SyntheticConfig(**{**SMALL.to_dict(), "seed": 1}))
@@ -134,7 +142,7 @@ def test_cache_regenerate_and_refuse(tmp_path: Path, monkeypatch: pytest.MonkeyP
         raise AssertionError("regenerated although the dataset was complete")
 
     with monkeypatch.context() as m:
-        m.setattr(synthetic, "write_shards", fail)
+        m.setattr(dataset, "write_shards", fail)
         assert build_synthetic_dataset(out, **TINY) == first
     assert shard.stat().st_mtime_ns == stamp
 
@@ -155,13 +163,13 @@ def test_cache_regenerate_and_refuse(tmp_path: Path, monkeypatch: pytest.MonkeyP
 
 def test_main_prints_counts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     args = [str(tmp_path / "d"), "--seed", "3", *(f"--set={k}={v}" for k, v in TINY.items())]
-    assert synthetic.main(args) == 0
+    assert main(args) == 0
     printed = capsys.readouterr().out
     assert '"species": 2' in printed and "images in" in printed
-    manifest = synthetic.load_manifest(tmp_path / "d")
+    manifest = load_manifest(tmp_path / "d")
     assert manifest is not None and manifest["config"]["seed"] == 3
     with pytest.raises(SystemExit):
-        synthetic.main([str(tmp_path / "e"), "--set", "no_such_field=1"])
+        main([str(tmp_path / "e"), "--set", "no_such_field=1"])
 
 
 def _token_counter():
@@ -255,7 +263,7 @@ def test_traits_are_learnable_from_simple_features() -> None:
         images, taxa = [], []
         for sp in tree:
             for i in range(per):
-                images.append(render(sp.traits, synthetic._image_rng(cfg, split, sp.id, i), cfg))
+                images.append(render(sp.traits, dataset._image_rng(cfg, split, sp.id, i), cfg))
                 taxa.append(sp.taxon)
         return np.stack(images).astype(np.float32), taxa
 
@@ -296,9 +304,9 @@ def test_traits_are_learnable_from_simple_features() -> None:
 def test_render_is_deterministic_and_varies() -> None:
     cfg = SyntheticConfig()
     sp = build_tree(cfg)[0]
-    a = render(sp.traits, synthetic._image_rng(cfg, "train", sp.id, 0), cfg)
-    b = render(sp.traits, synthetic._image_rng(cfg, "train", sp.id, 0), cfg)
-    c = render(sp.traits, synthetic._image_rng(cfg, "train", sp.id, 1), cfg)
+    a = render(sp.traits, dataset._image_rng(cfg, "train", sp.id, 0), cfg)
+    b = render(sp.traits, dataset._image_rng(cfg, "train", sp.id, 0), cfg)
+    c = render(sp.traits, dataset._image_rng(cfg, "train", sp.id, 1), cfg)
     assert a.shape == (64, 64, 3) and a.dtype == np.uint8
     assert np.array_equal(a, b) and np.abs(a.astype(int) - c.astype(int)).mean() > 10
 

@@ -87,7 +87,9 @@ def test_captions_all_types():
 
 
 def test_missing_ranks_dropped_and_common_fallback():
-    t = Taxon.clean(kingdom="Animalia", phylum="unknown", **{"class": "Aves"}, genus="Corvus", species="corax")
+    t = Taxon.clean(
+        kingdom="Animalia", phylum="unknown", **{"class": "Aves"}, genus="Corvus", species="corax"
+    )
     assert caption(t, "taxon") == "a photo of Animalia Aves Corvus corax."
     assert caption(t, "com") == "a photo of Corvus corax."  # no common name: scientific name
     assert caption(t, "sci_com") == "a photo of Corvus corax."
@@ -101,8 +103,14 @@ def test_missing_ranks_dropped_and_common_fallback():
 def test_tol10m_files():
     files = all_captions(Taxon.clean(**RAVEN))
     assert set(files) == {
-        "com.txt", "sci.txt", "taxon.txt", "sci_com.txt", "taxon_com.txt",
-        "scientific_name.txt", "taxonomic_name.txt", "common_name.txt",
+        "com.txt",
+        "sci.txt",
+        "taxon.txt",
+        "sci_com.txt",
+        "taxon_com.txt",
+        "scientific_name.txt",
+        "taxonomic_name.txt",
+        "common_name.txt",
     }
     assert files["common_name.txt"] == "Common Raven"
 

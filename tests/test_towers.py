@@ -12,13 +12,10 @@ from omegaconf import OmegaConf
 from timm.layers.activations import QuickGELU
 from transformers.activations import QuickGELUActivation
 
-from tolclip.models.open_clip_keys import (
-    open_clip_kwargs,
-    open_clip_state_dict_to_ours,
-    ours_state_dict_to_open_clip,
-)
-from tolclip.models.towers import CLIP, ImageTower, TextTower
 from tolclip.models.config import net_config
+from tolclip.models.open_clip_config import open_clip_kwargs
+from tolclip.models.open_clip_state_dict import open_clip_state_dict_to_ours, ours_state_dict_to_open_clip
+from tolclip.models.towers import CLIP, ImageTower, TextTower
 
 SOT, EOT = 49406, 49407
 
@@ -140,7 +137,10 @@ def _loss_and_grads(m: CLIP, images: torch.Tensor, tokens: torch.Tensor) -> tupl
     img, txt, scale = m(images, tokens)
     logits = scale * img @ txt.T
     labels = torch.arange(len(img))
-    loss = (torch.nn.functional.cross_entropy(logits, labels) + torch.nn.functional.cross_entropy(logits.T, labels)) / 2
+    loss = (
+        torch.nn.functional.cross_entropy(logits, labels)
+        + torch.nn.functional.cross_entropy(logits.T, labels)
+    ) / 2
     loss.backward()
     return loss.detach(), {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
 
@@ -153,8 +153,12 @@ def test_grad_checkpointing_matches() -> None:
 
     calls = {"vision": 0, "text": 0}
     # hooks on a submodule: HF checkpoints `forward` (not `__call__`), so hooks on the layer itself fire once
-    m.visual.trunk.blocks[0].norm1.register_forward_pre_hook(lambda *_: calls.__setitem__("vision", calls["vision"] + 1))
-    m.text.transformer.encoder.layers[0].layer_norm1.register_forward_pre_hook(lambda *_: calls.__setitem__("text", calls["text"] + 1))
+    m.visual.trunk.blocks[0].norm1.register_forward_pre_hook(
+        lambda *_: calls.__setitem__("vision", calls["vision"] + 1)
+    )
+    m.text.transformer.encoder.layers[0].layer_norm1.register_forward_pre_hook(
+        lambda *_: calls.__setitem__("text", calls["text"] + 1)
+    )
     m.set_grad_checkpointing(True)
     loss1, g1 = _loss_and_grads(m, images, tokens)
     assert calls == {"vision": 2, "text": 2}  # forward re-entered in backward: checkpointing is really on
@@ -173,7 +177,10 @@ def test_quick_gelu_is_used() -> None:
     torch.manual_seed(0)
     gelu, quick = CLIP(**micro_cfg("gelu")), CLIP(**micro_cfg("quick_gelu"))
     assert all(isinstance(b.mlp.act, QuickGELU) for b in quick.visual.trunk.blocks)
-    assert all(isinstance(layer.mlp.activation_fn, QuickGELUActivation) for layer in quick.text.transformer.encoder.layers)
+    assert all(
+        isinstance(layer.mlp.activation_fn, QuickGELUActivation)
+        for layer in quick.text.transformer.encoder.layers
+    )
     assert not any(isinstance(b.mlp.act, QuickGELU) for b in gelu.visual.trunk.blocks)
     quick.load_state_dict(gelu.state_dict())  # same weights, only the activation differs
     images, tokens = torch.randn(2, 3, 32, 32), make_tokens([3, 6])

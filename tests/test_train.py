@@ -18,22 +18,32 @@ def shard_overrides(root: Path) -> list[str]:
         "data=shards",
         f"data.train_shards={root}/train/shard-*.tar",
         f"+data.eval_sets.val={root}/val/shard-*.tar",
-        "data.epoch_samples=16", "data.batch_size=8", "data.num_workers=0", "data.shuffle_buffer=8",
-        "logger=csv", "callbacks.zero_shot.templates=single", "~callbacks.progress_bar",
+        "data.epoch_samples=16",
+        "data.batch_size=8",
+        "data.num_workers=0",
+        "data.shuffle_buffer=8",
+        "logger=csv",
+        "callbacks.zero_shot.templates=single",
+        "~callbacks.progress_bar",
         *MICRO,
     ]
 
 
 @pytest.mark.parametrize("text_type", ["mixed", "taxon_com"])
 def test_train_on_shards_evaluates_and_logs(small_shards, tmp_path, text_type):
-    cfg = make_cfg(tmp_path, [*shard_overrides(small_shards), "trainer.max_epochs=2", f"data.text_type={text_type}"])
+    cfg = make_cfg(
+        tmp_path, [*shard_overrides(small_shards), "trainer.max_epochs=2", f"data.text_type={text_type}"]
+    )
     out = train(cfg)
     assert out["trainer"].global_step == 4
     assert torch.isfinite(torch.tensor(out["metrics"]["train/loss"]))
     ranks = {r.rank for r in out["zero_shot"] if r.eval_set == "val"}
     assert ranks == {"kingdom", "phylum", "class", "order", "family", "genus", "species"}
     csv_text = (tmp_path / "run" / "zero_shot.csv").read_text()
-    assert csv_text.startswith("train_text_type,text_type,eval_set,rank") and f"{text_type},taxon,val" in csv_text
+    assert (
+        csv_text.startswith("train_text_type,text_type,eval_set,rank")
+        and f"{text_type},taxon,val" in csv_text
+    )
     assert (tmp_path / "run" / "checkpoints" / "last.ckpt").exists()
     assert list((tmp_path / "run" / "csv").rglob("metrics.csv"))
 
@@ -43,8 +53,11 @@ def test_eval_entry_point_reproduces_end_of_training_results(small_shards, tmp_p
     at_end = {(r.eval_set, r.rank): r.top1 for r in out["zero_shot"] if r.text_type == "taxon"}
     ckpt = tmp_path / "train" / "run" / "checkpoints" / "last.ckpt"
     data = [o for o in shard_overrides(small_shards) if o.startswith(("data", "+data"))]
-    cfg = make_cfg(tmp_path / "eval", [*data, *MICRO, f"ckpt_path={ckpt}", "zero_shot.text_types=[taxon]",
-                                       "zero_shot.templates=single"], config_name="eval")
+    cfg = make_cfg(
+        tmp_path / "eval",
+        [*data, *MICRO, f"ckpt_path={ckpt}", "zero_shot.text_types=[taxon]", "zero_shot.templates=single"],
+        config_name="eval",
+    )
     results = evaluate(cfg)
     assert {(r.eval_set, r.rank): r.top1 for r in results} == at_end  # last.ckpt holds the final weights
     assert (tmp_path / "eval" / "run" / "zero_shot.csv").read_text().startswith("checkpoint,text_type")
@@ -53,17 +66,27 @@ def test_eval_entry_point_reproduces_end_of_training_results(small_shards, tmp_p
 def test_eval_with_wrong_architecture_is_a_clear_error(small_shards, tmp_path):
     train(make_cfg(tmp_path / "train", [*shard_overrides(small_shards), "trainer.max_epochs=1"]))
     ckpt = tmp_path / "train" / "run" / "checkpoints" / "last.ckpt"
-    cfg = make_cfg(tmp_path / "eval", [f"ckpt_path={ckpt}", *MICRO, "model.net.embed_dim=24"],
-                   config_name="eval")
+    cfg = make_cfg(
+        tmp_path / "eval", [f"ckpt_path={ckpt}", *MICRO, "model.net.embed_dim=24"], config_name="eval"
+    )
     with pytest.raises(ValueError, match="does not match the model config"):
         evaluate(cfg)
 
 
 def test_precision_clipping_accumulation_checkpointing_and_step_eval(small_shards, tmp_path):
-    cfg = make_cfg(tmp_path, [*shard_overrides(small_shards), "trainer.max_epochs=2",
-                              "trainer.precision=bf16-mixed", "trainer.gradient_clip_val=1.0",
-                              "trainer.accumulate_grad_batches=2", "model.grad_checkpointing=true",
-                              "callbacks.zero_shot.every_n_steps=1", "trainer.log_every_n_steps=1"])
+    cfg = make_cfg(
+        tmp_path,
+        [
+            *shard_overrides(small_shards),
+            "trainer.max_epochs=2",
+            "trainer.precision=bf16-mixed",
+            "trainer.gradient_clip_val=1.0",
+            "trainer.accumulate_grad_batches=2",
+            "model.grad_checkpointing=true",
+            "callbacks.zero_shot.every_n_steps=1",
+            "trainer.log_every_n_steps=1",
+        ],
+    )
     out = train(cfg)
     assert out["trainer"].global_step == 2  # 4 batches, 2 per optimiser step
     assert out["model"].net.text.transformer.is_gradient_checkpointing
@@ -82,9 +105,17 @@ def test_resume_continues_with_same_step_and_optimizer_state(small_shards, tmp_p
     common = [*shard_overrides(small_shards), "data.num_workers=1"]
     full = train(make_cfg(tmp_path / "full", [*common, "trainer.max_epochs=3"]))
     # Same config, stopped after the first epoch as if the job had been killed there.
-    first = train(make_cfg(tmp_path / "part", [*common, "trainer.max_epochs=3",
-                                               "+callbacks.stop._target_=helpers.StopAfterSteps",
-                                               "+callbacks.stop.steps=2"]))
+    first = train(
+        make_cfg(
+            tmp_path / "part",
+            [
+                *common,
+                "trainer.max_epochs=3",
+                "+callbacks.stop._target_=helpers.StopAfterSteps",
+                "+callbacks.stop.steps=2",
+            ],
+        )
+    )
     assert first["trainer"].global_step == 2
     ckpt = tmp_path / "part" / "run" / "checkpoints" / "last.ckpt"
     saved = torch.load(ckpt, map_location="cpu", weights_only=False)
@@ -101,7 +132,9 @@ def test_resume_continues_with_same_step_and_optimizer_state(small_shards, tmp_p
             torch.testing.assert_close(a[k][n], b[k][n], rtol=1e-5, atol=1e-7)
     assert full["trainer"].lr_scheduler_configs[0].scheduler.last_epoch == 6
     assert resumed["trainer"].lr_scheduler_configs[0].scheduler.last_epoch == 6
-    for (n, p), (_, q) in zip(full["model"].net.named_parameters(), resumed["model"].net.named_parameters(), strict=True):
+    for (n, p), (_, q) in zip(
+        full["model"].net.named_parameters(), resumed["model"].net.named_parameters(), strict=True
+    ):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=n)
 
 
@@ -112,8 +145,16 @@ def test_training_survives_corrupt_samples_and_counts_them(small_shards, tmp_pat
         add_raw_member(shard, f"trunc{shard.stem[-1]}.sci.txt", b"a photo of Corvus corax.")
         add_raw_member(shard, f"nocap{shard.stem[-1]}.jpg", good)  # no captions, no taxon.json
     # A finite stream reads every shard exactly once: 4 shards x 2 bad samples.
-    cfg = make_cfg(tmp_path, [*shard_overrides(small_shards), "data.resampled=false", "data.epoch_samples=null",
-                              "trainer.max_steps=5", "trainer.max_epochs=1"])
+    cfg = make_cfg(
+        tmp_path,
+        [
+            *shard_overrides(small_shards),
+            "data.resampled=false",
+            "data.epoch_samples=null",
+            "trainer.max_steps=5",
+            "trainer.max_epochs=1",
+        ],
+    )
     out = train(cfg)
     assert out["trainer"].global_step == 5  # 40 good samples / batch 8
     assert next(c for c in out["trainer"].callbacks if isinstance(c, SkippedSamples)).total == 8
@@ -121,7 +162,9 @@ def test_training_survives_corrupt_samples_and_counts_them(small_shards, tmp_pat
 
 
 def test_finite_stream_without_max_steps_is_a_clear_error(small_shards, tmp_path):
-    cfg = make_cfg(tmp_path, [*shard_overrides(small_shards), "data.resampled=false", "data.epoch_samples=null"])
+    cfg = make_cfg(
+        tmp_path, [*shard_overrides(small_shards), "data.resampled=false", "data.epoch_samples=null"]
+    )
     with pytest.raises(ValueError, match="set trainer.max_steps"):
         train(cfg)
 
@@ -136,13 +179,31 @@ def test_missing_checkpoint_is_a_clear_error(small_shards, tmp_path):
 @pytest.mark.parametrize("text_type", ["taxon", "mixed"])
 def test_default_experiment_learns_the_tree(tmp_path, text_type):
     """The embedded default, shortened: seen species well above chance, unseen genera above chance."""
-    cfg = make_cfg(tmp_path, [
-        "logger=csv", "~callbacks.progress_bar", "callbacks.zero_shot.templates=single",
-        f"data.text_type={text_type}", f"data.generate.out_dir={tmp_path}/synthetic",
-        "+data.generate.train_per_species=16", "+data.generate.val_per_species=4",
-        "+data.generate.unseen_per_species=4", "trainer.max_epochs=5",
-    ])
+    cfg = make_cfg(
+        tmp_path,
+        [
+            "logger=csv",
+            "~callbacks.progress_bar",
+            "callbacks.zero_shot.templates=single",
+            f"data.text_type={text_type}",
+            f"data.generate.out_dir={tmp_path}/synthetic",
+            "+data.generate.train_per_species=16",
+            "+data.generate.val_per_species=4",
+            "+data.generate.unseen_per_species=4",
+            "trainer.max_epochs=5",
+        ],
+    )
     results = {(r.eval_set, r.rank): r for r in train(cfg)["zero_shot"] if r.text_type == "taxon"}
     species, genus = results[("seen", "species")], results[("unseen", "genus")]
     assert species.top1 >= 5 * species.chance, species
     assert genus.top1 >= 3 * genus.chance, genus
+
+
+@pytest.mark.parametrize("debug", ["fdr", "limit", "overfit", "profiler"])
+def test_debug_configs_run(small_shards, tmp_path, debug):
+    cfg = make_cfg(tmp_path, [*shard_overrides(small_shards), f"debug={debug}"])
+    assert cfg.logger is None and cfg.trainer.detect_anomaly and cfg.task_name == "debug"
+    out = train(cfg)
+    assert torch.isfinite(torch.tensor(out["metrics"]["train/loss"]))
+    steps = {"fdr": 1, "limit": 3 * 2, "overfit": 20 * 3, "profiler": 2}[debug]
+    assert out["trainer"].global_step == steps

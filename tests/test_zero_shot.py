@@ -2,7 +2,12 @@ import open_clip.zero_shot_metadata as ocz
 import torch
 
 from tolclip.core.taxonomy import Taxon
-from tolclip.evaluation.zero_shot import OPENAI_IMAGENET_TEMPLATES, evaluate_ranks, results_table, text_classifier
+from tolclip.evaluation.zero_shot import (
+    OPENAI_IMAGENET_TEMPLATES,
+    evaluate_ranks,
+    results_table,
+    text_classifier,
+)
 
 WORDS: dict[str, int] = {}
 
@@ -51,7 +56,9 @@ ROSE = tx("Plantae", "Tracheophyta", "Magnoliopsida", "Rosales", "Rosaceae", "Ro
 
 def test_templates_are_openais_eighty():
     assert len(OPENAI_IMAGENET_TEMPLATES) == 80
-    assert [t.format("x") for t in OPENAI_IMAGENET_TEMPLATES] == [f("x") for f in ocz.OPENAI_IMAGENET_TEMPLATES]
+    assert [t.format("x") for t in OPENAI_IMAGENET_TEMPLATES] == [
+        f("x") for f in ocz.OPENAI_IMAGENET_TEMPLATES
+    ]
 
 
 def test_text_classifier_averages_templates():

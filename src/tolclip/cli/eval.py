@@ -1,4 +1,4 @@
-"""Evaluation entry point: `tolclip-eval ckpt_path=...` (Hydra; configs/eval.yaml).
+"""Evaluation entry point: `tolclip eval ckpt_path=...` (Hydra; configs/eval.yaml).
 
 Loads the CLIP net from a training checkpoint and prints zero-shot accuracy at every rank on the
 data config's evaluation sets, as the end of training does; results also go to a CSV.
@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 from tolclip.core.resources import CONFIG_PATH
 from tolclip.core.templates import templates_for
 from tolclip.evaluation.zero_shot import RankResult, evaluate_datamodule, print_results, write_csv
-from tolclip.models.interop import load_net, run_net_config
+from tolclip.models.checkpoints import load_net, run_net_config
 from tolclip.training.run import instantiate_datamodule
 
 

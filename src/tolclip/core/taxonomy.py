@@ -155,7 +155,7 @@ class Taxon:
 
     @property
     def scientific_name(self) -> str:
-        """"Genus species", or the lowest known rank when the species is unknown."""
+        """ "Genus species", or the lowest known rank when the species is unknown."""
         if self.genus and self.species:
             return f"{self.genus} {self.species}"
         known = [n for n in self.ranks[:-1] if n]

@@ -13,7 +13,6 @@ The default threshold `DEFAULT_MAX_DISTANCE` comes from the shared data (see the
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Callable, Iterable, Iterator
 from itertools import combinations
@@ -21,6 +20,7 @@ from itertools import combinations
 import numpy as np
 from PIL import Image
 
+from tolclip.core.hashing import sha256_hex
 from tolclip.data.images import DEFAULT_MAX_PIXELS, ImageError, load_image
 
 HASH_BITS = 64
@@ -45,7 +45,7 @@ _DCT_SIZE = 32
 
 def content_hash(data: bytes) -> str:
     """sha256 hex digest of the file bytes: equal iff byte-identical (for exact duplicates)."""
-    return hashlib.sha256(data).hexdigest()
+    return sha256_hex(data)
 
 
 def _dct_matrix(n: int) -> np.ndarray:
@@ -240,7 +240,7 @@ class Deduplicator:
         return self.add_hashes(key, content_hash(data), lambda: perceptual_hash(image))
 
     def add_hashes(self, key: str, digest: str, phash: int | Callable[[], int]) -> str | None:
-        """`add` from precomputed hashes (a build's checkpoint keeps hashes, not images).
+        """`add` from precomputed hashes (a build's spool keeps hashes, not images).
 
         `phash` may be a callable, so an exact duplicate never pays for its perceptual hash.
         """

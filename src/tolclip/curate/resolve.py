@@ -210,7 +210,9 @@ def _infraspecific(text: object) -> bool:
     return any(w[:1].islower() for w in words[start:])
 
 
-def _source_taxon(ranks: Mapping[str, object], scientific_name: str, common_name: str) -> tuple[Taxon, str, list[str]]:
+def _source_taxon(
+    ranks: Mapping[str, object], scientific_name: str, common_name: str
+) -> tuple[Taxon, str, list[str]]:
     """Cleaned source ranks with the binomial merged in; returns (taxon, one-word name, notes)."""
     raw = {str(k): v for k, v in ranks.items() if str(k) in (*RANKS, "class_")}
     source = Taxon.clean(**raw, common=common_name)
@@ -256,7 +258,11 @@ def _judge(cand: Lineage, source: Taxon, query: str, qrank: str) -> tuple[str, i
     if not rank:
         return "", 0, f"{query}: backend lineage has no Linnaean rank"
     if not qrank and cand.rank and source.rank(rank) and not _same(source.rank(rank), cand.taxon.rank(rank)):
-        return "", 0, f"{query} is {rank} {cand.taxon.rank(rank)} in the backend, source says {source.rank(rank)}"
+        return (
+            "",
+            0,
+            f"{query} is {rank} {cand.taxon.rank(rank)} in the backend, source says {source.rank(rank)}",
+        )
     above = RANKS[: RANKS.index(rank)]
     given = [r for r in above if source.rank(r) and cand.taxon.rank(r)]
     agree = sum(_same(source.rank(r), cand.taxon.rank(r)) for r in given)
@@ -335,7 +341,14 @@ def resolve(
 # ---------------------------------------------------------------- many labels and their report
 
 REPORT_COLUMNS: tuple[str, ...] = (
-    "label", "query", "status", "rank", *RANKS, "common", "images", "note",
+    "label",
+    "query",
+    "status",
+    "rank",
+    *RANKS,
+    "common",
+    "images",
+    "note",
 )
 
 
@@ -373,8 +386,12 @@ class Resolver:
     def report_rows(self) -> list[dict[str, object]]:
         rows = []
         for key, res in self._labels.items():
-            row: dict[str, object] = {"label": self._text[key], "query": res.query, "status": res.status,
-                                      "rank": res.rank}
+            row: dict[str, object] = {
+                "label": self._text[key],
+                "query": res.query,
+                "status": res.status,
+                "rank": res.rank,
+            }
             row.update({r: res.taxon.rank(r) for r in RANKS})
             row.update(common=res.taxon.common, images=self._images[key], note=res.note)
             rows.append(row)

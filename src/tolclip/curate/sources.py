@@ -211,7 +211,10 @@ def _labelled_files(
             if d.name not in split_names:
                 for f in _walk(d, problems, root):
                     problems.append(
-                        Problem(f.relative_to(root).as_posix(), f"{NOT_SELECTED}: folder not in splits {split_names}")
+                        Problem(
+                            f.relative_to(root).as_posix(),
+                            f"{NOT_SELECTED}: folder not in splits {split_names}",
+                        )
                     )
     for split, level in level_dirs:
         for label_dir in _subdirs(level):
@@ -340,6 +343,81 @@ def imagenet_wnids(
 _INAT_RANK_FIELDS = {r: r for r in RANKS[:-1]} | {"species": "specific_epithet"}
 
 
+def _read_inat_json(path: Path) -> dict[str, Any]:
+    """The JSON's top-level object, with its `images` and `categories` lists."""
+    if not path.is_file():
+        raise FileNotFoundError(f"iNat JSON {path} does not exist")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"iNat JSON {path} is not valid JSON: {err}") from err
+    if not isinstance(data, dict):
+        raise ValueError(f"iNat JSON {path}: top level is {type(data).__name__}, expected an object")
+    missing = [k for k in ("images", "categories") if not isinstance(data.get(k), list)]
+    if missing:
+        raise ValueError(f"iNat JSON {path}: missing list(s) {missing}")
+    return data
+
+
+def _index_inat(path: Path, items: list[Any], key: str, required: Sequence[str]) -> dict[Any, dict[str, Any]]:
+    """id -> item of one of the JSON's lists; an item lacking a field or a repeated id is malformed."""
+    out: dict[Any, dict[str, Any]] = {}
+    for i, item in enumerate(items):
+        lacking = [k for k in required if k not in item] if isinstance(item, dict) else list(required)
+        if lacking:
+            raise ValueError(f"iNat JSON {path}: {key}[{i}] lacks {lacking}")
+        if item["id"] in out:
+            raise ValueError(f"iNat JSON {path}: duplicate {key} id {item['id']!r}")
+        out[item["id"]] = item
+    return out
+
+
+def _categories_by_image(
+    annotations: list[Any], images: Mapping[Any, Any], problems: list[Problem]
+) -> dict[Any, set[Any]]:
+    """image id -> the category ids its annotations give; unusable annotations become problems."""
+    by_image: dict[Any, set[Any]] = {}
+    for i, ann in enumerate(annotations):
+        if not isinstance(ann, dict) or "image_id" not in ann or "category_id" not in ann:
+            problems.append(Problem(f"annotations[{i}]", "lacks image_id or category_id"))
+        elif ann["image_id"] not in images:
+            problems.append(Problem(f"annotations[{i}]", f"image_id {ann['image_id']!r} not in images"))
+        else:
+            by_image.setdefault(ann["image_id"], set()).add(ann["category_id"])
+    return by_image
+
+
+def _image_category(
+    file_name: str, cats: set[Any], categories: Mapping[Any, dict[str, Any]], problems: list[Problem]
+) -> dict[str, Any] | None:
+    """The image's category ({} when unlabelled), or None (and a problem) when its label is unusable."""
+    if len(cats) > 1:
+        problems.append(Problem(file_name, f"conflicting category_ids {sorted(map(str, cats))}"))
+        return None
+    if not cats:
+        return {}
+    (cat_id,) = cats
+    if cat_id not in categories:
+        problems.append(Problem(file_name, f"category_id {cat_id!r} not in categories"))
+        return None
+    return categories[cat_id]
+
+
+def _inat_record(f: Path, file_name: str, cat: dict[str, Any], source: str, split: str) -> SourceRecord:
+    name = str(cat.get("name") or "")
+    genus, epithet = str(cat.get("genus") or ""), str(cat.get("specific_epithet") or "")
+    return SourceRecord(
+        path=f,
+        source=source,
+        source_id=file_name,
+        label=name,
+        ranks={r: str(cat[k]) for r, k in _INAT_RANK_FIELDS.items() if cat.get(k) not in (None, "")},
+        scientific_name=f"{genus} {epithet}" if genus and epithet else name,
+        common_name=str(cat.get("common_name") or ""),
+        split=split,
+    )
+
+
 def inat_json(
     json_path: str | os.PathLike[str],
     image_root: str | os.PathLike[str] | None = None,
@@ -355,76 +433,27 @@ def inat_json(
     each split's JSON. `split` defaults to the file's stem ("train", "val", "train_mini").
     """
     path = _abspath(json_path)
-    if not path.is_file():
-        raise FileNotFoundError(f"iNat JSON {path} does not exist")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"iNat JSON {path} is not valid JSON: {err}") from err
-    if not isinstance(data, dict):
-        raise ValueError(f"iNat JSON {path}: top level is {type(data).__name__}, expected an object")
-    missing = [k for k in ("images", "categories") if not isinstance(data.get(k), list)]
-    if missing:
-        raise ValueError(f"iNat JSON {path}: missing list(s) {missing}")
+    data = _read_inat_json(path)
     base = _abspath(image_root) if image_root is not None else path.parent
     split_name = path.stem if split is None else split
-
-    def index(key: str, required: Sequence[str]) -> dict[Any, dict[str, Any]]:
-        out: dict[Any, dict[str, Any]] = {}
-        for i, item in enumerate(data[key]):
-            lacking = [k for k in required if k not in item] if isinstance(item, dict) else list(required)
-            if lacking:
-                raise ValueError(f"iNat JSON {path}: {key}[{i}] lacks {lacking}")
-            if item["id"] in out:
-                raise ValueError(f"iNat JSON {path}: duplicate {key} id {item['id']!r}")
-            out[item["id"]] = item
-        return out
-
-    images = index("images", ["id", "file_name"])
-    categories = index("categories", ["id"])
+    images = _index_inat(path, data["images"], "images", ["id", "file_name"])
+    categories = _index_inat(path, data["categories"], "categories", ["id"])
     annotations = data.get("annotations") or []
     if not isinstance(annotations, list):
         raise ValueError(f"iNat JSON {path}: annotations is not a list")
 
     def produce(problems: list[Problem]) -> Iterator[SourceRecord]:
-        by_image: dict[Any, set[Any]] = {}
-        for i, ann in enumerate(annotations):
-            if not isinstance(ann, dict) or "image_id" not in ann or "category_id" not in ann:
-                problems.append(Problem(f"annotations[{i}]", "lacks image_id or category_id"))
-            elif ann["image_id"] not in images:
-                problems.append(Problem(f"annotations[{i}]", f"image_id {ann['image_id']!r} not in images"))
-            else:
-                by_image.setdefault(ann["image_id"], set()).add(ann["category_id"])
+        by_image = _categories_by_image(annotations, images, problems)
         for image_id, image in images.items():
             file_name = str(image["file_name"])
-            cats = by_image.get(image_id, set())
-            if len(cats) > 1:
-                problems.append(Problem(file_name, f"conflicting category_ids {sorted(map(str, cats))}"))
+            cat = _image_category(file_name, by_image.get(image_id, set()), categories, problems)
+            if cat is None:
                 continue
-            cat: dict[str, Any] = {}
-            if cats:
-                (cat_id,) = cats
-                if cat_id not in categories:
-                    problems.append(Problem(file_name, f"category_id {cat_id!r} not in categories"))
-                    continue
-                cat = categories[cat_id]
             f = _abspath(base / file_name)
             if not f.is_file():
                 problems.append(Problem(file_name, f"image file {f} does not exist"))
                 continue
-            ranks = {r: str(cat[k]) for r, k in _INAT_RANK_FIELDS.items() if cat.get(k) not in (None, "")}
-            name = str(cat.get("name") or "")
-            genus, epithet = str(cat.get("genus") or ""), str(cat.get("specific_epithet") or "")
-            yield SourceRecord(
-                path=f,
-                source=source,
-                source_id=file_name,
-                label=name,
-                ranks=ranks,
-                scientific_name=f"{genus} {epithet}" if genus and epithet else name,
-                common_name=str(cat.get("common_name") or ""),
-                split=split_name,
-            )
+            yield _inat_record(f, file_name, cat, source, split_name)
 
     return SourceScan(source, produce)
 
@@ -443,6 +472,30 @@ _MANIFEST_DEFAULTS: dict[str, tuple[str, ...]] = {
 }
 
 
+def _manifest_columns(table: Path, header: list[str], columns: Mapping[str, str] | None) -> dict[str, str]:
+    """field -> table column: the caller's `columns`, then the first present default for the others."""
+    colmap = dict(columns or {})
+    unknown = sorted(set(colmap) - set(_MANIFEST_DEFAULTS))
+    if unknown:
+        raise ValueError(
+            f"manifest {table}: unknown field(s) {unknown} in columns; known: {list(_MANIFEST_DEFAULTS)}"
+        )
+    _require_columns(table, header, list(colmap.values()))
+    taken = set(colmap.values())
+    for fld, candidates in _MANIFEST_DEFAULTS.items():
+        if fld not in colmap:
+            # A column the caller mapped to another field is not reused as a default.
+            found = next((c for c in candidates if c in header and c not in taken), None)
+            if found:
+                colmap[fld] = found
+    if "path" not in colmap:
+        raise ValueError(
+            f"manifest {table}: no image path column (looked for {list(_MANIFEST_DEFAULTS['path'])}); "
+            f"map one with columns={{'path': ...}}; it has {header}"
+        )
+    return colmap
+
+
 def manifest(
     table_path: str | os.PathLike[str],
     image_root: str | os.PathLike[str] | None = None,
@@ -458,26 +511,7 @@ def manifest(
     """
     table = _abspath(table_path)
     header, rows = read_table(table)
-    columns = dict(columns or {})
-    unknown = sorted(set(columns) - set(_MANIFEST_DEFAULTS))
-    if unknown:
-        raise ValueError(
-            f"manifest {table}: unknown field(s) {unknown} in columns; known: {list(_MANIFEST_DEFAULTS)}"
-        )
-    _require_columns(table, header, list(columns.values()))
-    taken = set(columns.values())
-    colmap: dict[str, str] = dict(columns)
-    for fld, candidates in _MANIFEST_DEFAULTS.items():
-        if fld not in colmap:
-            # A column the caller mapped to another field is not reused as a default.
-            found = next((c for c in candidates if c in header and c not in taken), None)
-            if found:
-                colmap[fld] = found
-    if "path" not in colmap:
-        raise ValueError(
-            f"manifest {table}: no image path column (looked for {list(_MANIFEST_DEFAULTS['path'])}); "
-            f"map one with columns={{'path': ...}}; it has {header}"
-        )
+    colmap = _manifest_columns(table, header, columns)
     base = _abspath(image_root) if image_root is not None else table.parent
 
     def produce(problems: list[Problem]) -> Iterator[SourceRecord]:

@@ -105,7 +105,9 @@ class ShardDataModule(L.LightningDataModule):
         if not self.resampled:
             return None
         workers = max(1, self.num_workers)
-        return max(1, math.ceil(self.epoch_samples / (self.batch_size * workers * self._world_size()))) * workers
+        return (
+            max(1, math.ceil(self.epoch_samples / (self.batch_size * workers * self._world_size()))) * workers
+        )
 
     def train_stream(self) -> ShardStream:
         if self.train_shards is None:
@@ -142,7 +144,9 @@ class ShardDataModule(L.LightningDataModule):
         # On resume the loader is built (and its first iterator started) before the first epoch
         # hook runs, so start at the epoch about to run: Lightning counts it as "processed"
         # epochs, which is what it gives samplers too (current_epoch lags after a resume).
-        self.set_epoch(self.trainer.fit_loop.epoch_progress.current.processed if self.trainer is not None else 0)
+        self.set_epoch(
+            self.trainer.fit_loop.epoch_progress.current.processed if self.trainer is not None else 0
+        )
         return DataLoader(
             self._train,
             batch_size=None,

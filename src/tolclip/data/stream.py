@@ -152,7 +152,9 @@ class ShardStream(IterableDataset):
     def _checked_shards(self) -> Iterator[dict]:
         for url in self._shard_urls():
             if os.path.isfile(url) and not has_tar_end(url):
-                self._skip(f"{url} is truncated (no end-of-archive marker): its tail is lost, the rest is read")
+                self._skip(
+                    f"{url} is truncated (no end-of-archive marker): its tail is lost, the rest is read"
+                )
             yield {"url": url}
 
     def _stream_seed(self) -> int:
@@ -171,7 +173,9 @@ class ShardStream(IterableDataset):
         tokenizer = get_tokenizer(cfg.context_length) if cfg.text_types else None
         stream = wds.tarfile_to_samples(handler=self._skip)(self._checked_shards())
         if cfg.shuffle_buffer:
-            stream = wds.shuffle(cfg.shuffle_buffer, initial=min(cfg.shuffle_buffer, 100), rng=random.Random(seed))(stream)
+            stream = wds.shuffle(
+                cfg.shuffle_buffer, initial=min(cfg.shuffle_buffer, 100), rng=random.Random(seed)
+            )(stream)
         for sample in stream:
             try:
                 raw = next((sample[k] for k in IMAGE_KEYS if k in sample), None)

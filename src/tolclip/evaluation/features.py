@@ -10,8 +10,6 @@ Unreadable images are not dropped silently: they are left out of the features an
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -22,16 +20,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from tolclip.data.images import ImageError, load_image
+from tolclip.models.io import load_weights_only
 
-__all__ = ["FeatureCache", "ImageFeatures", "extract_image_features", "file_stamp", "fingerprint"]
-
-
-def fingerprint(*parts: Any) -> str:
-    """A short stable hash of JSON-able parts."""
-    h = hashlib.sha256()
-    for part in parts:
-        h.update(json.dumps(part, sort_keys=True, default=str).encode())
-    return h.hexdigest()[:20]
+__all__ = ["FeatureCache", "ImageFeatures", "extract_image_features", "file_stamp"]
 
 
 def file_stamp(path: str | os.PathLike) -> list[list[Any]]:
@@ -62,7 +53,9 @@ class _Images(Dataset):
             return i, None, err.reason
 
 
-def _collate(batch: list[tuple[int, torch.Tensor | None, str]]) -> tuple[list[int], torch.Tensor | None, list]:
+def _collate(
+    batch: list[tuple[int, torch.Tensor | None, str]],
+) -> tuple[list[int], torch.Tensor | None, list]:
     ok = [(i, x) for i, x, _ in batch if x is not None]
     bad = [(i, reason) for i, x, reason in batch if x is None]
     images = torch.stack([x for _, x in ok]) if ok else None
@@ -80,8 +73,14 @@ def extract_image_features(
 ) -> ImageFeatures:
     """Normalised features of every readable image, in task order; unreadable ones are listed."""
     on_gpu = torch.device(device).type == "cuda"
-    loader = DataLoader(_Images(paths, transform), batch_size=batch_size, num_workers=num_workers,
-                        collate_fn=_collate, shuffle=False, pin_memory=on_gpu)
+    loader = DataLoader(
+        _Images(paths, transform),
+        batch_size=batch_size,
+        num_workers=num_workers,
+        collate_fn=_collate,
+        shuffle=False,
+        pin_memory=on_gpu,
+    )
     feats, index, failed = [], [], []
     for idx, images, bad in loader:
         failed += [f"{paths[i]}: {reason}" for i, reason in bad]
@@ -107,12 +106,12 @@ class FeatureCache:
         path = self.root / f"{kind}-{key}.pt" if self.root else None
         if path is not None and path.exists():
             try:
-                data = torch.load(path, map_location="cpu", weights_only=True)
-                if data.get("key") == key:
-                    self.hits += 1
-                    return data
-            except Exception:  # noqa: BLE001 - any unreadable cache file is simply recomputed
-                pass
+                data = load_weights_only(path, "feature cache file")
+            except ValueError:
+                data = None  # an unreadable cache file is simply recomputed
+            if isinstance(data, dict) and data.get("key") == key:
+                self.hits += 1
+                return data
         self.misses += 1
         data = {**compute(), "key": key}
         if path is not None:

@@ -48,7 +48,7 @@ import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
 
-_NORM_EPS = 1e-12
+from tolclip.evaluation.metrics import l2_normalise
 
 
 @dataclass
@@ -139,12 +139,6 @@ def fold_indices(labels: Sequence[Hashable], k: int, fold: int) -> tuple[np.ndar
     return support, query
 
 
-def _l2_normalise(x: np.ndarray) -> np.ndarray:
-    norm = np.linalg.norm(x, axis=1, keepdims=True)
-    # A zero row (e.g. a feature equal to the support mean) has no direction: leave it at zero.
-    return x / np.where(norm < _NORM_EPS, 1.0, norm)
-
-
 def cl2n(support: np.ndarray, query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Centre both sets on the support mean, then L2-normalise each row (float64)."""
     s = np.asarray(support, dtype=np.float64)
@@ -154,7 +148,7 @@ def cl2n(support: np.ndarray, query: np.ndarray) -> tuple[np.ndarray, np.ndarray
     if q.ndim != 2 or q.shape[1] != s.shape[1]:
         raise ValueError(f"query must be 2-D with {s.shape[1]} columns like support, got shape {q.shape}")
     mean = s.mean(axis=0, keepdims=True)
-    return _l2_normalise(s - mean), _l2_normalise(q - mean)
+    return l2_normalise(s - mean), l2_normalise(q - mean)
 
 
 def nearest_centroid(support: np.ndarray, support_labels: np.ndarray, query: np.ndarray) -> np.ndarray:
@@ -228,7 +222,7 @@ def linear_probe(
     if not C > 0:
         raise ValueError(f"C must be > 0, got {C!r}")
     x, codes = _checked(features, labels)
-    x = _l2_normalise(x)
+    x = l2_normalise(x)
     sizes = np.bincount(codes)
     kept = int((sizes >= 2).sum())
     accuracies: list[float] = []

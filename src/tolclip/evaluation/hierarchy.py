@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from tolclip.core.taxonomy import RANKS, Taxon, lineage
+from tolclip.evaluation.metrics import group_index, sum_into_groups, top_k_accuracy
 
 MAX_HEIGHT = len(RANKS)  # nothing in common, not even the kingdom
 
@@ -73,10 +74,8 @@ def summed_rank_predictions(
     if rank not in RANKS:
         raise ValueError(f"unknown rank {rank!r}; expected one of {list(RANKS)}")
     probs = _as_probs(probs, len(classes))
-    keys: dict[tuple[str, ...], int] = {}
-    group = torch.tensor([keys.setdefault(lineage(t, rank), len(keys)) for t in classes], dtype=torch.long)
-    summed = probs.new_zeros(probs.shape[0], len(keys)).index_add_(1, group, probs)
-    return list(keys), summed
+    keys, group = group_index([lineage(t, rank) for t in classes])
+    return list(keys), sum_into_groups(probs, group, len(keys))
 
 
 def summed_rank_accuracy(
@@ -102,11 +101,10 @@ def summed_rank_accuracy(
         index = {k: g for g, k in enumerate(keys)}
         # -1 never matches a predicted group index.
         labels = torch.tensor([index.get(lineage(true_taxa[i], rank), -1) for i in rows])
-        topk = summed[rows].topk(min(5, len(keys)), dim=-1).indices
-        hits = topk == labels[:, None]
+        top1, top5 = top_k_accuracy(summed[rows], labels)
         results[rank] = {
-            "top1": hits[:, 0].float().mean().item(),
-            "top5": hits.any(dim=-1).float().mean().item(),
+            "top1": top1,
+            "top5": top5,
             "images": len(rows),
             "groups": len(keys),
             "absent": int((labels < 0).sum()),

@@ -26,6 +26,7 @@ import importlib.util
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -33,6 +34,10 @@ from sklearn.metrics import silhouette_score
 
 from tolclip.core.taxonomy import RANKS, Taxon, lineage
 from tolclip.evaluation.hierarchy import MAX_HEIGHT, lca_height
+from tolclip.evaluation.metrics import l2_normalise
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -48,11 +53,6 @@ def _as_features(features: torch.Tensor | np.ndarray, taxa: Sequence[Taxon] | No
     if not np.isfinite(features).all():
         raise ValueError("features contain NaN or infinite values")
     return features
-
-
-def _normalise(features: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(features, axis=1, keepdims=True)
-    return features / np.where(norms > 0, norms, 1.0)  # a zero vector stays zero
 
 
 def _group_labels(taxa: Sequence[Taxon], rank: str) -> tuple[np.ndarray, list[tuple[str, ...]]]:
@@ -110,7 +110,7 @@ def tree_distance_correlation(
     The p-value is scipy's, which assumes independent pairs; pairs sharing images are not, so
     read it as indicative only.
     """
-    feats = _normalise(_as_features(features, taxa))
+    feats = l2_normalise(_as_features(features, taxa))
     if len(taxa) < 2:
         raise ValueError("need at least two images to form a pair")
     if max_pairs < 1:
@@ -141,7 +141,7 @@ def embed_2d(features: torch.Tensor | np.ndarray, method: str = "tsne", seed: in
         # sklearn requires perplexity < N; a third of N keeps small sets from being one blob.
         perplexity = min(30.0, (n - 1) / 3)
         tsne = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed)
-        return tsne.fit_transform(_normalise(feats)).astype(np.float64)
+        return tsne.fit_transform(l2_normalise(feats)).astype(np.float64)
     if method == "umap":
         if importlib.util.find_spec("umap") is None:
             raise ImportError("method='umap' needs the umap-learn package (pip install umap-learn)")
@@ -172,11 +172,6 @@ def plot_ranks(
     The `max_legend` most frequent groups get a colour and a legend entry, the others are grey;
     images whose taxon lacks the rank are not drawn. Returns the files written.
     """
-    # Figure + the Agg canvas directly: no pyplot, so no display and no global figure state.
-    from matplotlib import colormaps
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     coords = np.asarray(coords, dtype=np.float64)
     if coords.ndim != 2 or coords.shape[1] != 2 or coords.shape[0] != len(taxa):
         raise ValueError(f"coords must be [{len(taxa)} images, 2]; got shape {coords.shape}")
@@ -188,35 +183,51 @@ def plot_ranks(
         rows, keys = _group_labels(taxa, rank)
         if len(rows) == 0:
             continue
-        top = [k for k, _ in Counter(keys).most_common(max_legend)]
-        cmap = colormaps["tab20"] if len(top) <= 20 else colormaps["turbo"].resampled(len(top))
-        fig = Figure(figsize=(7, 5.5), layout="constrained")
-        FigureCanvasAgg(fig)
-        ax = fig.add_subplot()
-        for c, (key, label) in enumerate(zip(top, _legend_labels(top), strict=True)):
-            mine = [r for r, k in zip(rows, keys, strict=True) if k == key]
-            ax.scatter(
-                *coords[mine].T, s=size, color=cmap(c % cmap.N), linewidths=0, label=f"{label} ({len(mine)})"
-            )
-        top_set = set(top)
-        rest = [r for r, k in zip(rows, keys, strict=True) if k not in top_set]
-        if rest:  # grey underneath the coloured groups, last in the legend
-            n_other = len(set(keys) - top_set)
-            ax.scatter(
-                *coords[rest].T,
-                s=size,
-                c="lightgrey",
-                linewidths=0,
-                zorder=0.5,
-                label=f"other ({n_other} groups)",
-            )
-        ax.set_title(f"{title}: {rank}" if title else rank)
-        ax.set_xticks([])
-        ax.set_yticks([])
-        ax.legend(
-            loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize="small", markerscale=max(1, 20 / size)
-        )
+        fig = _rank_figure(coords, rows, keys, f"{title}: {rank}" if title else rank, max_legend, size)
         path = out_dir / f"{prefix}_{rank}.png"
         fig.savefig(path, dpi=100)
         written.append(path)
     return written
+
+
+def _rank_figure(
+    coords: np.ndarray,
+    rows: np.ndarray,
+    keys: list[tuple[str, ...]],
+    heading: str,
+    max_legend: int,
+    size: float,
+) -> Figure:
+    """A scatter of the `rows` of `coords`, the `max_legend` most frequent keys in colour, the rest grey."""
+    # Figure + the Agg canvas directly: no pyplot, so no display and no global figure state.
+    from matplotlib import colormaps
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    top = [k for k, _ in Counter(keys).most_common(max_legend)]
+    cmap = colormaps["tab20"] if len(top) <= 20 else colormaps["turbo"].resampled(len(top))
+    fig = Figure(figsize=(7, 5.5), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for c, (key, label) in enumerate(zip(top, _legend_labels(top), strict=True)):
+        mine = [r for r, k in zip(rows, keys, strict=True) if k == key]
+        ax.scatter(
+            *coords[mine].T, s=size, color=cmap(c % cmap.N), linewidths=0, label=f"{label} ({len(mine)})"
+        )
+    top_set = set(top)
+    rest = [r for r, k in zip(rows, keys, strict=True) if k not in top_set]
+    if rest:  # grey underneath the coloured groups, last in the legend
+        n_other = len(set(keys) - top_set)
+        ax.scatter(
+            *coords[rest].T,
+            s=size,
+            c="lightgrey",
+            linewidths=0,
+            zorder=0.5,
+            label=f"other ({n_other} groups)",
+        )
+    ax.set_title(heading)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize="small", markerscale=max(1, 20 / size))
+    return fig

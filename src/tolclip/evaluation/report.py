@@ -1,15 +1,14 @@
 """Collect a multirun's results into tables.
 
-* `python -m tolclip.evaluation.report SWEEP_DIR`: the zero-shot CSVs of a training sweep; for the text-type
+* `tolclip report SWEEP_DIR`: the zero-shot CSVs of a training sweep; for the text-type
   ablation, training text type × evaluation text type × rank, as BioCLIP's Table 5.
-* `python -m tolclip.evaluation.report --suite SWEEP_DIR [--wandb]`: the `results.json` of an eval-suite sweep;
+* `tolclip report --suite SWEEP_DIR [--wandb]`: the `results.json` of an eval-suite sweep;
   models as rows, tasks as columns plus their mean, one table per measure (zero-shot, 1-shot,
   5-shot top-1, linear probe), as BioCLIP's Table 4. Written as markdown and CSV, optionally to wandb.
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import math
@@ -119,33 +118,18 @@ def write_suite(sweep_dir: str | Path, use_wandb: bool = False) -> str:
         import wandb
 
         # Offline unless the user has logged in and set WANDB_MODE=online.
-        run = wandb.init(project="tolclip", job_type="eval-suite", dir=str(out),
-                         mode=os.environ.get("WANDB_MODE", "offline"))
-        run.log({"eval_suite": wandb.Table(columns=["model", "task", "measure", "top1"],
-                                           data=[list(r.values()) for r in rows])})
+        run = wandb.init(
+            project="tolclip",
+            job_type="eval-suite",
+            dir=str(out),
+            mode=os.environ.get("WANDB_MODE", "offline"),
+        )
+        run.log(
+            {
+                "eval_suite": wandb.Table(
+                    columns=["model", "task", "measure", "top1"], data=[list(r.values()) for r in rows]
+                )
+            }
+        )
         run.finish()
     return text
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("sweep_dir")
-    parser.add_argument("--metric", default="top1", choices=["top1", "top5"])
-    parser.add_argument("--out", help="also write the markdown table here (default: SWEEP_DIR/table.md)")
-    parser.add_argument("--suite", action="store_true", help="an eval-suite sweep (results.json files)")
-    parser.add_argument("--wandb", action="store_true", help="with --suite: also log the table to wandb")
-    args = parser.parse_args(argv)
-    if args.suite:
-        print(write_suite(args.sweep_dir, args.wandb))
-        print(f"written to {Path(args.sweep_dir) / 'suite_table.md'} and suite_table.csv")
-        return
-    header, body = pivot(collect(args.sweep_dir), args.metric)
-    text = markdown(header, body)
-    print(f"zero-shot {args.metric} (%), by training and evaluation text type\n{text}")
-    out = Path(args.out or Path(args.sweep_dir) / "table.md")
-    out.write_text(text + "\n")
-    print(f"written to {out}")
-
-
-if __name__ == "__main__":
-    main()

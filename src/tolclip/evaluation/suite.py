@@ -1,8 +1,8 @@
 """The benchmark suite: one model on one task, every measure of the BioCLIP paper and a few more.
 
-`tolclip-eval-suite suite/model=NAME suite/task=NAME` (Hydra; configs/eval_suite.yaml) writes
+`tolclip eval-suite suite/model=NAME suite/task=NAME` (Hydra; configs/eval_suite.yaml) writes
 `results.json` (and t-SNE PNGs, a per-class CSV) into its run folder; `make eval-suite` sweeps
-models × tasks as a multirun and `python -m tolclip.evaluation.report --suite DIR` turns the folders into the
+models × tasks as a multirun and `tolclip report --suite DIR` turns the folders into the
 paper-shaped table. Per model × task:
 
 * zero-shot: the 80 OpenAI templates, top-1 / top-5 and mean per-class accuracy (class-text
@@ -20,30 +20,32 @@ from __future__ import annotations
 import csv
 import json
 import math
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import hydra
 import torch
-from omegaconf import DictConfig, OmegaConf
 
 from tolclip.core.captions import rank_name
-from tolclip.core.resources import CONFIG_PATH
+from tolclip.core.hashing import fingerprint
 from tolclip.core.taxonomy import RANKS, Taxon, lineage, rank_classes
 from tolclip.core.templates import templates_for
 from tolclip.core.tokenizer import get_tokenizer
 from tolclip.data.transforms import Preprocess
-from tolclip.evaluation.features import FeatureCache, extract_image_features, file_stamp, fingerprint
+from tolclip.evaluation.features import FeatureCache, extract_image_features, file_stamp
 from tolclip.evaluation.few_shot import linear_probe, simpleshot
 from tolclip.evaluation.hierarchy import mistake_severity, rank_consistency, summed_rank_accuracy
-from tolclip.evaluation.tasks import Task, describe, load_task
+from tolclip.evaluation.intrinsic import embed_2d, plot_ranks, silhouette_per_rank, tree_distance_correlation
+from tolclip.evaluation.metrics import top_k_accuracy
+from tolclip.evaluation.tasks import Task
 from tolclip.evaluation.zero_shot import text_classifier
-from tolclip.models.interop import load_classifier, load_model
+from tolclip.models.checkpoints import load_classifier
+from tolclip.models.loading import load_model
 
 RESULTS_FILE = "results.json"
+# Per rank: its groups (lineages) and each image's predicted group index.
+RankPredictions = dict[str, tuple[list[tuple[str, ...]], torch.Tensor]]
 
 
 @dataclass
@@ -73,7 +75,9 @@ def latest_checkpoint(log_dir: str | Path) -> Path:
     """The newest `last.ckpt` of a training run under `log_dir` (what `make train` wrote last)."""
     found = sorted(Path(log_dir).glob("train/runs/*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
     if not found:
-        raise FileNotFoundError(f"no training run with checkpoints/last.ckpt under {log_dir}/train/runs: run `make train`")
+        raise FileNotFoundError(
+            f"no training run with checkpoints/last.ckpt under {log_dir}/train/runs: run `make train`"
+        )
     return found[-1]
 
 
@@ -97,22 +101,27 @@ def load_eval_model(spec: Mapping[str, Any], log_dir: str | Path = "logs", devic
         module = net.to(device)
         pre = Preprocess(module.visual.image_size)
         name = spec.get("name") or f"supervised:{Path(path).parent.parent.name}"
-        return EvalModel(name, kind, module.encode_image, pre, fingerprint(file_stamp(path), pre), None,
-                         device=device)
+        return EvalModel(
+            name, kind, module.encode_image, pre, fingerprint(file_stamp(path), pre), None, device=device
+        )
     loaded = load_model(spec)
     net = loaded.net.eval().to(device)
     key = fingerprint(file_stamp(loaded.source), loaded.net_config, loaded.preprocess)
     context = int(loaded.net_config.get("text", {}).get("context_length", 77))
-    return EvalModel(spec.get("name") or loaded.name, str(kind), net.encode_image, loaded.preprocess, key, net,
-                     context, device)
+    name = spec.get("name") or loaded.name
+    return EvalModel(name, str(kind), net.encode_image, loaded.preprocess, key, net, context, device)
 
 
 # ----------------------------------------------------------------------------------------- measures
 
 
-def _top(logits: torch.Tensor, labels: torch.Tensor, k: int) -> float:
-    top = logits.topk(min(k, logits.shape[1]), dim=-1).indices
-    return (top == labels[:, None]).any(dim=-1).float().mean().item()
+@dataclass
+class _Features:
+    """The readable images of a task: their features, class indices and taxa, row for row."""
+
+    feats: torch.Tensor
+    labels: torch.Tensor
+    taxa: list[Taxon]
 
 
 def per_class_accuracy(pred: torch.Tensor, labels: torch.Tensor, classes: int) -> list[float | None]:
@@ -124,9 +133,15 @@ def per_class_accuracy(pred: torch.Tensor, labels: torch.Tensor, classes: int) -
 
 
 def direct_rank_predictions(
-    model: EvalModel, feats: torch.Tensor, classes: Sequence[Taxon], text_type: str, templates: Sequence[str],
-    ranks: Sequence[str], tokenizer: Callable, cache: FeatureCache,
-) -> dict[str, tuple[list[tuple[str, ...]], torch.Tensor]]:
+    model: EvalModel,
+    feats: torch.Tensor,
+    classes: Sequence[Taxon],
+    text_type: str,
+    templates: Sequence[str],
+    ranks: Sequence[str],
+    tokenizer: Callable,
+    cache: FeatureCache,
+) -> RankPredictions:
     """Per rank: the rank's groups (lineages) and each image's predicted group, by prompting rank names."""
     out = {}
     for rank in ranks:
@@ -139,11 +154,143 @@ def direct_rank_predictions(
     return out
 
 
-def _class_embeddings(model: EvalModel, names: Sequence[str], templates: Sequence[str], tokenizer,
-                      cache: FeatureCache) -> torch.Tensor:
+def _class_embeddings(
+    model: EvalModel, names: Sequence[str], templates: Sequence[str], tokenizer: Callable, cache: FeatureCache
+) -> torch.Tensor:
     key = fingerprint(model.key, list(names), list(templates))
-    data = cache.get("text", key, lambda: {"weights": text_classifier(model.net, tokenizer, names, templates).cpu()})
+    data = cache.get(
+        "text", key, lambda: {"weights": text_classifier(model.net, tokenizer, names, templates).cpu()}
+    )
     return data["weights"]
+
+
+def _image_features(
+    model: EvalModel, task: Task, cfg: Mapping[str, Any], cache: FeatureCache
+) -> dict[str, Any]:
+    """The task's image features from the cache, extracted on a miss (`features`, `index`, `failed`)."""
+
+    def compute() -> dict[str, Any]:
+        batch_size, workers = int(cfg.get("batch_size", 64)), int(cfg.get("num_workers", 0))
+        images = extract_image_features(
+            model.encode_image, model.preprocess.transform(), task.paths, batch_size, workers, model.device
+        )
+        return vars(images)
+
+    return cache.get("image", fingerprint(model.key, task.fingerprint()), compute)
+
+
+def _zero_shot(
+    model: EvalModel,
+    task: Task,
+    cfg: Mapping[str, Any],
+    cache: FeatureCache,
+    x: _Features,
+    out_dir: Path | None,
+) -> dict[str, Any]:
+    """Zero-shot accuracy on the task's class names; also rank-level measures when `cfg` asks for them."""
+    templates = templates_for(cfg.get("templates", "openai"))
+    tokenizer = get_tokenizer(model.context_length)
+    weights = _class_embeddings(model, task.class_names(), templates, tokenizer, cache)
+    logits = x.feats @ weights.T
+    pred = logits.argmax(dim=-1)
+    per_class = per_class_accuracy(pred, x.labels, len(task.classes))
+    seen = [a for a in per_class if a is not None]
+    top1, top5 = top_k_accuracy(logits, x.labels)
+    out: dict[str, Any] = {"zero_shot": {"top1": top1, "top5": top5, "mean_per_class": sum(seen) / len(seen)}}
+    if out_dir is not None:
+        _write_per_class(out_dir / "per_class.csv", task, per_class, x.labels)
+    if _has_taxa(task) and cfg.get("rank_level", True):
+        ranks = list(cfg.get("ranks", RANKS))
+        direct = direct_rank_predictions(
+            model, x.feats, task.classes, task.label_type, templates, ranks, tokenizer, cache
+        )
+        out["rank_level"] = _rank_level(model, task, x, logits, direct, ranks)
+    return out
+
+
+def _rank_level(
+    model: EvalModel,
+    task: Task,
+    x: _Features,
+    logits: torch.Tensor,
+    direct: RankPredictions,
+    ranks: Sequence[str],
+) -> dict[str, Any]:
+    """Accuracy per rank by summing species probabilities and by prompting rank names; consistency of
+    the prompted predictions across ranks; how far up the tree the species mistakes go."""
+    probs = (model.logit_scale * logits).softmax(dim=-1)
+    summed = summed_rank_accuracy(probs, task.classes, x.taxa, ranks)
+    predicted = [task.classes[i] for i in logits.argmax(dim=-1).tolist()]
+    prompted = {r: [groups[p] for p in pred.tolist()] for r, (groups, pred) in direct.items()}
+    return {
+        "summed": {r: v["top1"] for r, v in summed.items()},
+        "direct": _direct_accuracy(direct, x.taxa),
+        "consistency_direct": rank_consistency(prompted),
+        "severity": mistake_severity(predicted, x.taxa),
+    }
+
+
+def _direct_accuracy(direct: RankPredictions, taxa: Sequence[Taxon]) -> dict[str, float | None]:
+    """Per rank, the fraction of images known at that rank whose prompted prediction is their lineage."""
+    out = {}
+    for rank, (groups, predicted) in direct.items():
+        truth = [lineage(t, rank) for t in taxa]
+        rows = [i for i, key in enumerate(truth) if key[-1]]
+        out[rank] = sum(groups[predicted[i]] == truth[i] for i in rows) / len(rows) if rows else None
+    return out
+
+
+def _few_shot(x: _Features, few: Mapping[str, Any]) -> dict[str, Any]:
+    """SimpleShot for every k and a linear probe, on the frozen features (folds as `few` says)."""
+    folds = int(few.get("folds", 5))
+    labels = x.labels.tolist()
+    out: dict[str, Any] = {}
+    for k in few.get("ks", (1, 5)):
+        r = simpleshot(x.feats, labels, int(k), folds)
+        out[f"{k}_shot"] = {
+            "mean": r.mean,
+            "std": r.std,
+            "folds": r.folds,
+            "classes": r.classes,
+            "classes_left_out": r.classes_left_out,
+        }
+    probe = few.get("linear_probe", {}) or {}
+    if probe.get("enabled", True):
+        r = linear_probe(
+            x.feats,
+            labels,
+            folds,
+            float(probe.get("train_fraction", 0.5)),
+            float(probe.get("C", 1.0)),
+            int(probe.get("max_iter", 1000)),
+        )
+        out["linear_probe"] = {"mean": r.mean, "std": r.std, "folds": r.folds}
+    return out
+
+
+def _intrinsic(
+    x: _Features, intrinsic: Mapping[str, Any], plots_dir: Path | None, title: str
+) -> dict[str, Any]:
+    """Silhouette per rank and tree-distance correlation; t-SNE maps too when given a folder."""
+    corr = tree_distance_correlation(x.feats, x.taxa, int(intrinsic.get("max_pairs", 20000)))
+    out: dict[str, Any] = {
+        "silhouette": silhouette_per_rank(x.feats, x.taxa),
+        "tree_distance_rho": corr["rho"],
+        "tree_distance_pairs": corr["pairs"],
+    }
+    if plots_dir is not None and intrinsic.get("plots", True) and len(x.taxa) >= 3:
+        limit = int(intrinsic.get("max_points", 3000))
+        # A seeded subset: the maps of one model × task do not change between runs.
+        pick = torch.randperm(len(x.taxa), generator=torch.Generator().manual_seed(0))[:limit].sort().values
+        coords = embed_2d(x.feats[pick], method=intrinsic.get("method", "tsne"))
+        files = plot_ranks(coords, [x.taxa[i] for i in pick.tolist()], plots_dir, title=title)
+        out["plots"] = [str(f) for f in files]
+    return out
+
+
+def _has_taxa(task: Task) -> bool:
+    """Rank-level and intrinsic measures need a taxon for every class."""
+    return task.label_type != "asis" and all(any(t.ranks) for t in task.classes)
 
 
 def _json_ready(value: Any) -> Any:
@@ -156,86 +303,32 @@ def _json_ready(value: Any) -> Any:
     return value
 
 
-def evaluate(model: EvalModel, task: Task, cfg: Mapping[str, Any], cache: FeatureCache,
-             out_dir: Path | None = None) -> dict[str, Any]:
+def evaluate(
+    model: EvalModel, task: Task, cfg: Mapping[str, Any], cache: FeatureCache, out_dir: Path | None = None
+) -> dict[str, Any]:
     """Every configured measure of `model` on `task`; also written to `out_dir/results.json`."""
-    feature_key = fingerprint(model.key, task.fingerprint())
-    data = cache.get("image", feature_key, lambda: vars(extract_image_features(
-        model.encode_image, model.preprocess.transform(), task.paths, int(cfg.get("batch_size", 64)),
-        int(cfg.get("num_workers", 0)), model.device)))
-    feats, index = data["features"], data["index"]
-    labels = torch.tensor(task.labels)[index]
-    taxa = [task.taxa[i] for i in index.tolist()]
-    result: dict[str, Any] = {"model": model.name, "model_kind": model.kind, "task": task.name,
-                              "label_type": task.label_type, "images": len(task.paths), "features": len(index),
-                              "unreadable": data["failed"], "classes": len(task.classes)}
-    has_taxa = task.label_type != "asis" and all(any(t.ranks) for t in task.classes)
-
+    data = _image_features(model, task, cfg, cache)
+    index = data["index"]
+    x = _Features(data["features"], torch.tensor(task.labels)[index], [task.taxa[i] for i in index.tolist()])
+    result: dict[str, Any] = {
+        "model": model.name,
+        "model_kind": model.kind,
+        "task": task.name,
+        "label_type": task.label_type,
+        "images": len(task.paths),
+        "features": len(index),
+        "unreadable": data["failed"],
+        "classes": len(task.classes),
+    }
     if cfg.get("zero_shot", True) and model.has_text:
-        templates = templates_for(cfg.get("templates", "openai"))
-        tokenizer = get_tokenizer(model.context_length)
-        weights = _class_embeddings(model, task.class_names(), templates, tokenizer, cache)
-        logits = feats @ weights.T
-        pred = logits.argmax(dim=-1)
-        per_class = per_class_accuracy(pred, labels, len(task.classes))
-        seen = [a for a in per_class if a is not None]
-        result["zero_shot"] = {"top1": _top(logits, labels, 1), "top5": _top(logits, labels, 5),
-                               "mean_per_class": sum(seen) / len(seen)}
-        if out_dir is not None:
-            _write_per_class(out_dir / "per_class.csv", task, per_class, labels)
-        if has_taxa and cfg.get("rank_level", True):
-            probs = (model.logit_scale * logits).softmax(dim=-1)
-            ranks = list(cfg.get("ranks", RANKS))
-            text_type = task.label_type
-            direct = direct_rank_predictions(model, feats, task.classes, text_type, templates, ranks, tokenizer,
-                                             cache)
-            direct_acc = {}
-            for rank, (groups, predicted) in direct.items():
-                truth = [lineage(t, rank) for t in taxa]
-                rows = [i for i, key in enumerate(truth) if key[-1]]
-                direct_acc[rank] = sum(groups[predicted[i]] == truth[i] for i in rows) / len(rows) if rows else None
-            consistent = rank_consistency({r: [g[p] for p in pred_r.tolist()] for r, (g, pred_r) in direct.items()})
-            result["rank_level"] = {
-                "summed": {r: v["top1"] for r, v in summed_rank_accuracy(probs, task.classes, taxa, ranks).items()},
-                "direct": direct_acc,
-                "consistency_direct": consistent,
-                "severity": mistake_severity([task.classes[i] for i in pred.tolist()], taxa),
-            }
-
+        result |= _zero_shot(model, task, cfg, cache, x, out_dir)
     few = cfg.get("few_shot", {}) or {}
     if few.get("enabled", True):
-        folds = int(few.get("folds", 5))
-        result["few_shot"] = {}
-        for k in few.get("ks", (1, 5)):
-            r = simpleshot(feats, labels.tolist(), int(k), folds)
-            result["few_shot"][f"{k}_shot"] = {"mean": r.mean, "std": r.std, "folds": r.folds,
-                                               "classes": r.classes, "classes_left_out": r.classes_left_out}
-        probe = few.get("linear_probe", {}) or {}
-        if probe.get("enabled", True):
-            r = linear_probe(feats, labels.tolist(), folds, float(probe.get("train_fraction", 0.5)),
-                             float(probe.get("C", 1.0)), int(probe.get("max_iter", 1000)))
-            result["few_shot"]["linear_probe"] = {"mean": r.mean, "std": r.std, "folds": r.folds}
-
+        result["few_shot"] = _few_shot(x, few)
     intrinsic = cfg.get("intrinsic", {}) or {}
-    if has_taxa and intrinsic.get("enabled", True):
-        from tolclip.evaluation.intrinsic import (
-            embed_2d,
-            plot_ranks,
-            silhouette_per_rank,
-            tree_distance_correlation,
-        )
-
-        corr = tree_distance_correlation(feats, taxa, int(intrinsic.get("max_pairs", 20000)))
-        result["intrinsic"] = {"silhouette": silhouette_per_rank(feats, taxa),
-                               "tree_distance_rho": corr["rho"], "tree_distance_pairs": corr["pairs"]}
-        if out_dir is not None and intrinsic.get("plots", True) and len(index) >= 3:
-            limit = int(intrinsic.get("max_points", 3000))
-            pick = torch.randperm(len(index), generator=torch.Generator().manual_seed(0))[:limit].sort().values
-            coords = embed_2d(feats[pick], method=intrinsic.get("method", "tsne"))
-            files = plot_ranks(coords, [taxa[i] for i in pick.tolist()], out_dir / "plots",
-                               title=f"{model.name} on {task.name}")
-            result["intrinsic"]["plots"] = [str(f) for f in files]
-
+    if _has_taxa(task) and intrinsic.get("enabled", True):
+        plots_dir = out_dir / "plots" if out_dir is not None else None
+        result["intrinsic"] = _intrinsic(x, intrinsic, plots_dir, f"{model.name} on {task.name}")
     result = _json_ready(result)
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -261,25 +354,3 @@ def summary_line(result: Mapping[str, Any]) -> str:
         if r.get("mean") is not None:
             parts.append(f"{name.replace('_', '-')} {100 * r['mean']:.1f}±{100 * r['std']:.1f}%")
     return ", ".join(parts)
-
-
-@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="eval_suite")
-def main(cfg: DictConfig) -> None:
-    torch.manual_seed(int(cfg.get("seed", 0)))
-    suite = OmegaConf.to_container(cfg.suite, resolve=True)
-    device = pick_device(str(suite.get("device", "auto")))
-    try:
-        model = load_eval_model(OmegaConf.to_container(cfg.model, resolve=True), cfg.paths.log_dir, device)
-        task = load_task(OmegaConf.to_container(cfg.task, resolve=True))
-    except (FileNotFoundError, ValueError) as err:  # TaskError is a ValueError
-        # A missing checkpoint or benchmark folder is a message, not a stack trace.
-        print(f"tolclip-eval-suite: error: {err}", file=sys.stderr)
-        sys.exit(2)
-    print(describe(task))
-    cache = FeatureCache(suite.get("cache_dir"))
-    result = evaluate(model, task, suite, cache, Path(cfg.paths.output_dir))
-    print(summary_line(result))
-
-
-if __name__ == "__main__":
-    main()

@@ -15,14 +15,13 @@ name for the chosen type (no taxon at all) is named by its raw label, and counte
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from tolclip.core.captions import TEXT_TYPES, name
+from tolclip.core.hashing import fingerprint
 from tolclip.core.taxonomy import Taxon
 from tolclip.curate.resolve import Resolver, TaxoniqBackend
 from tolclip.curate.sources import NOT_SELECTED, SourceRecord, open_source
@@ -59,14 +58,17 @@ class Task:
         kind = check_label_type(label_type or self.label_type)
         if kind == "asis":
             return list(self.raw_labels)
-        return [name(t, kind) if any(t.ranks) else raw for t, raw in zip(self.classes, self.raw_labels, strict=True)]
+        return [
+            name(t, kind) if any(t.ranks) else raw
+            for t, raw in zip(self.classes, self.raw_labels, strict=True)
+        ]
 
     def fingerprint(self) -> str:
         """Identifies the examples and their labels (the feature cache key's task half)."""
-        h = hashlib.sha256()
-        stamps = [(os.stat(p).st_size, os.stat(p).st_mtime_ns) if os.path.exists(p) else None for p in self.paths]
-        h.update(json.dumps([self.paths, self.labels, stamps]).encode())
-        return h.hexdigest()[:16]
+        stamps = [
+            (os.stat(p).st_size, os.stat(p).st_mtime_ns) if os.path.exists(p) else None for p in self.paths
+        ]
+        return fingerprint(self.paths, self.labels, stamps, length=16)
 
 
 def check_label_type(label_type: str) -> str:
@@ -143,9 +145,3 @@ def describe(task: Task) -> str:
     extra = f", {task.unnamed} classes named by raw label" if task.unnamed else ""
     skipped = f", {len(task.problems)} files unlisted" if task.problems else ""
     return f"{task.name}: {len(task.paths)} images, {len(task.classes)} classes, {task.label_type} names{extra}{skipped}"
-
-
-def tasks_by_name(configs: Sequence[Mapping[str, Any]]) -> dict[str, Task]:
-    """Load several tasks sharing one resolver (each label is resolved once)."""
-    resolver = Resolver(TaxoniqBackend())
-    return {t.name: t for t in (load_task(c, resolver) for c in configs)}

@@ -20,8 +20,10 @@ from tolclip.core.captions import check_text_type, rank_name
 from tolclip.core.taxonomy import RANKS, Taxon, lineage, rank_classes
 from tolclip.core.templates import OPENAI_IMAGENET_TEMPLATES
 from tolclip.core.tokenizer import get_tokenizer
+from tolclip.evaluation.metrics import top_k_accuracy
 
 log = logging.getLogger(__name__)
+
 
 @torch.no_grad()
 def text_classifier(
@@ -95,20 +97,8 @@ def evaluate_ranks(
             if not rows:
                 continue
             labels = torch.tensor([index[lineage(taxa[i], rank)] for i in rows])
-            logits = feats[rows] @ weights.T
-            topk = logits.topk(min(5, len(keys)), dim=-1).indices
-            hits = topk == labels[:, None]
-            results.append(
-                RankResult(
-                    text_type=text_type,
-                    eval_set=set_name,
-                    rank=rank,
-                    images=len(rows),
-                    classes=len(keys),
-                    top1=hits[:, 0].float().mean().item(),
-                    top5=hits.any(dim=-1).float().mean().item(),
-                )
-            )
+            top1, top5 = top_k_accuracy(feats[rows] @ weights.T, labels)
+            results.append(RankResult(text_type, set_name, rank, len(rows), len(keys), top1, top5))
     return results
 
 
@@ -147,8 +137,17 @@ def write_csv(results: Sequence[RankResult], path: str | Path, **extra: str) -> 
         writer.writeheader()
         for r in results:
             writer.writerow(
-                {**extra, "text_type": r.text_type, "eval_set": r.eval_set, "rank": r.rank, "images": r.images, "classes": r.classes,
-                 "top1": f"{r.top1:.4f}", "top5": f"{r.top5:.4f}", "chance": f"{r.chance:.4f}"}
+                {
+                    **extra,
+                    "text_type": r.text_type,
+                    "eval_set": r.eval_set,
+                    "rank": r.rank,
+                    "images": r.images,
+                    "classes": r.classes,
+                    "top1": f"{r.top1:.4f}",
+                    "top5": f"{r.top5:.4f}",
+                    "chance": f"{r.chance:.4f}",
+                }
             )
     return path
 
@@ -168,7 +167,9 @@ def evaluate_datamodule(
     was_training = net.training
     net.eval()
     try:
-        feats = {name: extract_features(net, datamodule.eval_dataloader(name)) for name in datamodule.eval_sets}
+        feats = {
+            name: extract_features(net, datamodule.eval_dataloader(name)) for name in datamodule.eval_sets
+        }
         tokenizer = get_tokenizer(context_length)
         return [r for t in text_types for r in evaluate_ranks(net, tokenizer, feats, t, templates, ranks)]
     finally:

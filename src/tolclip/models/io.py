@@ -1,4 +1,4 @@
-"""Safe loading of model files: a checkpoint is data, and must never run code when it is read."""
+"""Safe reading of model files: weights and checkpoints are data, and must never run code when read."""
 
 from __future__ import annotations
 
@@ -20,3 +20,11 @@ def load_weights_only(path: Path, what: str = "checkpoint") -> Any:
     except Exception as exn:  # noqa: BLE001 - every failure here means "not loadable as data"
         first = str(exn).strip().splitlines()[0] if str(exn).strip() else type(exn).__name__
         raise ValueError(f"{path} could not be read as a weights-only {what}: {first}") from None
+
+
+def is_torchscript(path: Path) -> bool:
+    """TorchScript archives are zips with code/ and constants.pkl; torch.save zips have neither."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(n.endswith("/constants.pkl") or "/code/" in n for n in archive.namelist())

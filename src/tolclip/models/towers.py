@@ -1,7 +1,7 @@
 """CLIP towers for tolclip: a timm ViT image tower and a Hugging Face CLIP text tower.
 
 The architecture mirrors open_clip's ``CLIP`` (OpenAI ViT-B/16, BioCLIP) one-to-one so that open_clip
-checkpoints can be converted into these modules and exported back (see ``tolclip.models.open_clip_keys``):
+checkpoints can be converted into these modules and exported back (see ``tolclip.models.open_clip_state_dict``):
 
 * vision: conv patch embed (no bias), class token, learned positional embedding, ``ln_pre``, pre-norm
   blocks, final LayerNorm on the class token (``ln_post``), bias-free linear projection;
@@ -35,7 +35,7 @@ __all__ = [
 #: Supported activations; the same names are understood by timm and by transformers' ``ACT2FN``.
 ACTIVATIONS = ("gelu", "quick_gelu")
 
-# Model sizes live in configs/model/*.yaml (tolclip.cli.train.net_config reads them).
+# Model sizes live in configs/model/net/*.yaml (tolclip.models.config.net_config reads them).
 
 
 def _check_act(act: str) -> str:
@@ -320,7 +320,9 @@ class CLIP(WeightDecayRule, nn.Module):
         x = self.text(tokens)
         return F.normalize(x, dim=-1) if normalize else x
 
-    def forward(self, images: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(
+        self, images: torch.Tensor, tokens: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Return (normalised image features, normalised text features, ``exp(logit_scale)`` clamped to max)."""
         return (
             self.encode_image(images),

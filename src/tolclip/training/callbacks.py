@@ -40,7 +40,9 @@ class SkippedSamples(Callback):
         self.total += epoch
         pl_module.log("train/skipped_samples", float(self.total), rank_zero_only=True)
         if epoch:
-            pl_module.print(f"epoch {trainer.current_epoch}: skipped {epoch} unreadable sample(s) (warnings name them)")
+            pl_module.print(
+                f"epoch {trainer.current_epoch}: skipped {epoch} unreadable sample(s) (warnings name them)"
+            )
 
     def state_dict(self) -> dict[str, int]:
         return {"total": self.total}
@@ -80,7 +82,9 @@ class ZeroShotEvaluation(Callback):
         dm = trainer.datamodule
         results: list[RankResult] = []
         if trainer.is_global_zero and dm.eval_sets:
-            results = evaluate_datamodule(pl_module.net, dm, self.text_types, templates, self.ranks, self.context_length)
+            results = evaluate_datamodule(
+                pl_module.net, dm, self.text_types, templates, self.ranks, self.context_length
+            )
             metrics = {f"{prefix}/{r.text_type}/{r.eval_set}/{r.rank}/top1": r.top1 for r in results}
             metrics |= {f"{prefix}/{r.text_type}/{r.eval_set}/{r.rank}/top5": r.top5 for r in results}
             for logger in trainer.loggers:
@@ -99,7 +103,9 @@ class ZeroShotEvaluation(Callback):
             print_results(self.results)
             if self.output_csv:
                 train_type = getattr(trainer.datamodule, "text_type", "")
-                path = write_csv(self.results, Path(trainer.default_root_dir) / self.output_csv, train_text_type=train_type)
+                path = write_csv(
+                    self.results, Path(trainer.default_root_dir) / self.output_csv, train_text_type=train_type
+                )
                 log.info("zero-shot results written to %s", path)
 
 

@@ -71,7 +71,9 @@ class ScheduledModule(L.LightningModule):
         )
         sched = dict(self.hparams.scheduler)
         total = self.total_steps()
-        factor = warmup_cosine(int(sched.get("warmup_steps", 0)), total, float(sched.get("min_lr_ratio", 0.0)))
+        factor = warmup_cosine(
+            int(sched.get("warmup_steps", 0)), total, float(sched.get("min_lr_ratio", 0.0))
+        )
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
@@ -105,7 +107,9 @@ class CLIPLitModule(ScheduledModule):
 
     def setup(self, stage: str) -> None:
         # Rank and world size are only known once the strategy has launched the processes.
-        self.loss_fn = ClipLoss(**dict(self.hparams.loss or {}), rank=self.global_rank, world_size=self.trainer.world_size)
+        self.loss_fn = ClipLoss(
+            **dict(self.hparams.loss or {}), rank=self.global_rank, world_size=self.trainer.world_size
+        )
 
     def forward(self, images: torch.Tensor, tokens: torch.Tensor):
         return self.net(images, tokens)

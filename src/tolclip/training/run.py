@@ -31,9 +31,13 @@ def instantiate_datamodule(cfg: DictConfig) -> L.LightningDataModule:
 def instantiate_all(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, L.Trainer]:
     datamodule = instantiate_datamodule(cfg)
     model = hydra.utils.instantiate(cfg.model, _convert_="all")
-    callbacks = [hydra.utils.instantiate(c, _convert_="all") for c in (cfg.get("callbacks") or {}).values() if c]
+    callbacks = [
+        hydra.utils.instantiate(c, _convert_="all") for c in (cfg.get("callbacks") or {}).values() if c
+    ]
     loggers = [hydra.utils.instantiate(c, _convert_="all") for c in (cfg.get("logger") or {}).values() if c]
-    trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, _convert_="all")
+    trainer = hydra.utils.instantiate(
+        cfg.trainer, callbacks=callbacks, logger=loggers or False, _convert_="all"
+    )
     return datamodule, model, trainer
 
 
@@ -52,11 +56,16 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """Run one training job; returns the trainer's final metrics and the zero-shot results."""
     L.seed_everything(cfg.seed, workers=True)
     datamodule, model, trainer = instantiate_all(cfg)
-    hparams = {k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
-               for k, v in cfg.items() if k != "hydra"}
+    hparams = {
+        k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
+        for k, v in cfg.items()
+        if k != "hydra"
+    }
     for logger in trainer.loggers:
         logger.log_hyperparams(hparams)
-    trainer.fit(model, datamodule=datamodule, ckpt_path=resolve_ckpt(cfg.get("ckpt_path"), cfg.paths.output_dir))
+    trainer.fit(
+        model, datamodule=datamodule, ckpt_path=resolve_ckpt(cfg.get("ckpt_path"), cfg.paths.output_dir)
+    )
     zero_shot = next((c for c in trainer.callbacks if isinstance(c, ZeroShotEvaluation)), None)
     return {
         "metrics": {k: float(v) for k, v in trainer.callback_metrics.items()},

@@ -134,5 +134,3 @@ class SupervisedLitModule(ScheduledModule):
                 "in this run's training shards: resume on the data it was trained on"
             )
         self.unlabelled_total = int(checkpoint.get("unlabelled_samples", 0))
-
-

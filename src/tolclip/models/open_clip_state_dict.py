@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Any
 
 import torch
 
-__all__ = ["open_clip_kwargs", "open_clip_state_dict_to_ours", "ours_state_dict_to_open_clip"]
+__all__ = ["open_clip_state_dict_to_ours", "ours_state_dict_to_open_clip"]
 
 # (open_clip block suffix, ours vision block suffix, ours text layer suffix)
 _BLOCK = [
@@ -115,38 +114,7 @@ def ours_state_dict_to_open_clip(sd: Mapping[str, torch.Tensor]) -> dict[str, to
         else:
             raise KeyError(f"unexpected tolclip key {k!r}")
     for (prefix, kind), parts in qkv.items():
-        out[prefix + f"attn.in_proj_{kind}"] = torch.cat([parts["q_proj"], parts["k_proj"], parts["v_proj"]], 0)
+        out[prefix + f"attn.in_proj_{kind}"] = torch.cat(
+            [parts["q_proj"], parts["k_proj"], parts["v_proj"]], 0
+        )
     return out
-
-
-def open_clip_kwargs(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """Arguments for ``open_clip.model.CLIP(**kwargs)`` describing the same architecture as ``CLIP(**cfg)``.
-
-    Needs the same activation in both towers (open_clip has a single ``quick_gelu`` flag).
-    """
-    v, t = dict(cfg["vision"]), dict(cfg["text"])
-    acts = {v.get("act", "gelu"), t.get("act", "gelu")}
-    if len(acts) != 1:
-        raise ValueError("open_clip needs the same activation in both towers")
-    if v["width"] % v["heads"]:
-        raise ValueError("vision width must be divisible by heads")
-    return {
-        "embed_dim": cfg["embed_dim"],
-        "vision_cfg": {
-            "image_size": v["image_size"],
-            "patch_size": v["patch_size"],
-            "width": v["width"],
-            "layers": v["layers"],
-            "head_width": v["width"] // v["heads"],
-            "mlp_ratio": v.get("mlp_ratio", 4.0),
-        },
-        "text_cfg": {
-            "context_length": t.get("context_length", 77),
-            "vocab_size": t.get("vocab_size", 49408),
-            "width": t.get("width", 512),
-            "heads": t.get("heads", 8),
-            "layers": t.get("layers", 12),
-            "mlp_ratio": t.get("mlp_ratio", 4.0),
-        },
-        "quick_gelu": acts == {"quick_gelu"},
-    }

@@ -1,0 +1,62 @@
+"""`tolclip build-shards [overrides]` (Hydra; configs/build/) and `tolclip check-shards DIR`.
+
+build-shards turns image collections into training shards, with a catalog and reports
+(`tolclip.curate.build`); check-shards decodes every sample of a shard folder and compares the shards
+with the folder's catalog.csv, exiting non-zero when anything is wrong.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from tolclip.core.resources import CONFIG_PATH
+from tolclip.curate.build import build
+from tolclip.curate.check import check
+from tolclip.curate.config import BuildError
+
+# The statistics printed after a build (stats.json has them all).
+SUMMARY_KEYS = (
+    "inputs",
+    "images",
+    "skipped",
+    "not_selected",
+    "excluded",
+    "fraction_all_seven_ranks",
+    "fraction_complete_to_lowest_rank",
+    "fraction_all_seven_ranks_of_species_labels",
+    "shard_sets",
+)
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="build/default")
+def main(cfg: DictConfig) -> None:
+    try:
+        build_cfg = OmegaConf.to_container(cfg.build, resolve=True)
+        stats = build(build_cfg)
+    except (BuildError, FileNotFoundError, ValueError) as err:
+        # A bad config or input is the user's to fix: one line, no traceback.
+        print(f"tolclip build-shards: error: {err}", file=sys.stderr)
+        sys.exit(2)
+    print(json.dumps({k: stats[k] for k in SUMMARY_KEYS}, indent=1))
+    print(f"wrote {build_cfg['out_dir']}")
+
+
+def check_main(argv: list[str] | None = None) -> int:
+    """`tolclip check-shards DIR`: print each problem, then a summary; 0 all good, 1 problems, 2 usage."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: tolclip check-shards DIR")
+        return 2
+    problems = check(args[0])
+    for p in problems:
+        print(p)
+    print(f"{len(problems)} problem(s) in {args[0]}" if problems else f"{args[0]}: all shards OK")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,104 @@
+"""`tolclip <command> [arguments]`: one command for every stage of the flow.
+
+Hydra commands (train, eval, eval-suite, build-shards) take Hydra overrides after the command
+(`tolclip train model=vit_b16 trainer=gpu`); the others take ordinary options. `tolclip <command>
+--help` says more about each.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from tolclip import __version__
+
+
+@dataclass(frozen=True)
+class Command:
+    target: str  # "module:function"
+    hydra: bool  # a Hydra app reads sys.argv itself; the others take argv and return an exit code
+    summary: str
+
+
+COMMANDS: dict[str, Command] = {
+    "train": Command(
+        "tolclip.cli.train:main",
+        True,
+        "train a model (default: the tiny CLIP on the synthetic tree of life, then zero-shot at every rank)",
+    ),
+    "eval": Command(
+        "tolclip.cli.eval:main",
+        True,
+        "zero-shot accuracy at every rank for a training checkpoint: ckpt_path=...",
+    ),
+    "eval-suite": Command(
+        "tolclip.cli.suite:main",
+        True,
+        "benchmark a model on a biology task: zero-/few-shot, rank-level, intrinsic measures",
+    ),
+    "build-shards": Command(
+        "tolclip.cli.build:main", True, "build Tree-of-Life training shards from your image collections"
+    ),
+    "check-shards": Command(
+        "tolclip.cli.build:check_main",
+        False,
+        "verify that every sample of a shard folder decodes and matches its catalog",
+    ),
+    "convert": Command(
+        "tolclip.cli.convert:main",
+        False,
+        "open_clip / BioCLIP weights: show what a file holds, export a checkpoint to open_clip",
+    ),
+    "report": Command(
+        "tolclip.cli.report:main",
+        False,
+        "tables from a sweep: the text-type ablation or the eval suite's models x tasks",
+    ),
+    "synthetic": Command(
+        "tolclip.cli.synthetic:main",
+        False,
+        "write the synthetic tree of life (the embedded default data) as shards",
+    ),
+}
+
+
+def usage() -> str:
+    width = max(map(len, COMMANDS))
+    rows = "\n".join(f"  {name:<{width}}  {cmd.summary}" for name, cmd in COMMANDS.items())
+    return (
+        f"usage: tolclip <command> [arguments]   (tolclip {__version__})\n\n"
+        f"BioCLIP-style CLIP models for the tree of life.\n\ncommands:\n{rows}\n\n"
+        "`tolclip <command> --help` describes a command; Hydra commands take overrides (key=value) after it."
+    )
+
+
+def _resolve(target: str) -> Callable:
+    module, function = target.split(":")
+    return getattr(importlib.import_module(module), function)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0
+    if args[0] == "--version":
+        print(f"tolclip {__version__}")
+        return 0
+    name, rest = args[0], args[1:]
+    if name not in COMMANDS:
+        print(f"tolclip: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    command = COMMANDS[name]
+    function = _resolve(command.target)  # imported only now: `tolclip --help` stays fast
+    if command.hydra:
+        sys.argv = [f"tolclip {name}", *rest]  # Hydra parses sys.argv itself
+        function()
+        return 0
+    return int(function(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

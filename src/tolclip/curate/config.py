@@ -1,0 +1,85 @@
+"""The build's settings (`BuildConfig`, from `configs/build/`), their validation and resume fingerprint."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tolclip.core.hashing import sha256_hex
+from tolclip.core.taxonomy import RANKS
+from tolclip.curate.dedup import DEFAULT_MAX_DISTANCE
+from tolclip.curate.spool import SPOOL_FORMAT
+from tolclip.data.images import DEFAULT_MAX_PIXELS
+
+# Settings that change how a build runs, not what it writes: a resume may change them.
+_RUN_ONLY = ("out_dir", "workers", "chunk_size", "resume", "keep_cache", "progress")
+
+
+class BuildError(Exception):
+    """A bad config or input that stops the build; printed as one line, without a traceback."""
+
+
+@dataclass
+class BuildConfig:
+    out_dir: Path
+    sources: list[dict[str, Any]]
+    taxonomy: dict[str, Any] = field(default_factory=lambda: {"backend": "taxoniq"})
+    exclude_species: Any = None
+    min_rank: str | None = None  # keep only images whose lineage is complete down to this rank
+    eval_images: list[str] = field(default_factory=list)
+    resize: dict[str, Any] = field(default_factory=lambda: {"mode": "squash", "size": 224})
+    quality: int = 95
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_distance: int = DEFAULT_MAX_DISTANCE
+    splits: dict[str, float] = field(default_factory=lambda: {"train": 95, "val": 5})
+    train_small_fraction: float = 0.0
+    max_count: int = 10_000
+    max_bytes: int = 1 << 30
+    workers: int = 1
+    chunk_size: int = 16
+    limit_per_source: int | None = None
+    resume: bool = False
+    keep_cache: bool = False
+    progress: bool = True
+
+    @classmethod
+    def from_dict(cls, cfg: dict[str, Any]) -> BuildConfig:
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(cfg) - known)
+        if unknown:
+            raise BuildError(f"unknown build config key(s) {unknown}; known: {sorted(known)}")
+        if not cfg.get("out_dir"):
+            raise BuildError("out_dir is required")
+        if not cfg.get("sources"):
+            raise BuildError("no sources configured (sources: [{kind: ..., ...}])")
+        c = cls(**{**cfg, "out_dir": Path(cfg["out_dir"])})
+        c.sources = [dict(s) for s in c.sources]
+        c._validate()
+        return c
+
+    def _validate(self) -> None:
+        names = [s.get("source") or s.get("kind") for s in self.sources]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise BuildError(
+                f"source names must be unique (keys are built from them); repeated: {dup}; "
+                "give each source its own `source:`"
+            )
+        splits = self.splits
+        if not splits or any(v < 0 for v in splits.values()) or sum(splits.values()) <= 0:
+            raise BuildError(f"splits must be non-negative percentages with a positive sum, not {splits}")
+        if "train_small" in splits:
+            raise BuildError("'train_small' is derived from train (train_small_fraction); not a split name")
+        if self.min_rank is not None and self.min_rank not in RANKS:
+            raise BuildError(f"min_rank must be one of {list(RANKS)} or null, not {self.min_rank!r}")
+        if not 0 <= self.train_small_fraction <= 1:
+            raise BuildError(f"train_small_fraction must be in [0, 1], not {self.train_small_fraction}")
+
+    def fingerprint(self) -> str:
+        """Hash of every setting that changes the output (resume refuses a changed config)."""
+        keep = {k: v for k, v in self.__dict__.items() if k not in _RUN_ONLY}
+        # The key predates the word "spool"; renaming it would change every earlier build's fingerprint.
+        keep["cache_format"] = SPOOL_FORMAT
+        return sha256_hex(json.dumps(keep, sort_keys=True, default=str))
