@@ -3,7 +3,7 @@
 Both sides load one open_clip checkpoint and encode the same image files into L2-normalised features:
 
 * ``tolclip``: exactly what the evaluation suite runs (`tolclip.evaluation.suite.evaluate`): the checkpoint loaded by
-  `tolclip.models.interop.load_open_clip` into our towers, then
+  `tolclip.models.loading.load_open_clip` into our towers, then
   `tolclip.evaluation.features.extract_image_features(net.encode_image, preprocess.transform(), paths, batch, workers)`
   (robust `load_image` decode, our torchvision transform, `torch.inference_mode`).
 * ``open_clip``: the natural open_clip loop: `open_clip.create_model_and_transforms("local-dir:FOLDER")`

@@ -1,7 +1,8 @@
 import torch
 
 from tolclip.models.towers import CLIP
-from tolclip.training.clip_module import CLIPLitModule, warmup_cosine
+from tolclip.training.clip_module import CLIPLitModule
+from tolclip.training.schedule import warmup_cosine
 
 MICRO = dict(
     embed_dim=16,

@@ -7,6 +7,7 @@ with the folder's catalog.csv, exiting non-zero when anything is wrong.
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 
@@ -47,14 +48,22 @@ def main(cfg: DictConfig) -> None:
 
 def check_main(argv: list[str] | None = None) -> int:
     """`tolclip check-shards DIR`: print each problem, then a summary; 0 all good, 1 problems, 2 usage."""
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1:
-        print("usage: tolclip check-shards DIR")
-        return 2
-    problems = check(args[0])
+    parser = argparse.ArgumentParser(
+        prog="tolclip check-shards",
+        description="tolclip check-shards: decode every sample of a shard folder (as `tolclip build-shards` "
+        "writes it) and compare the shards with its catalog.csv; exits 1 when anything is wrong.",
+    )
+    parser.add_argument("directory", help="the build's out_dir (or any folder of shard-*.tar files)")
+    try:
+        args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    except SystemExit as exit_:  # argparse exits 2 on bad usage, 0 after --help
+        return int(exit_.code or 0)
+    problems = check(args.directory)
     for p in problems:
         print(p)
-    print(f"{len(problems)} problem(s) in {args[0]}" if problems else f"{args[0]}: all shards OK")
+    print(
+        f"{len(problems)} problem(s) in {args.directory}" if problems else f"{args.directory}: all shards OK"
+    )
     return 1 if problems else 0
 
 

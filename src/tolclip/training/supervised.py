@@ -9,7 +9,7 @@ hyperparameters; samples without a species take no part in the loss and are coun
 `experiment=supervised` wires it up: `data.targets=species` puts species keys instead of caption
 tokens in the training batches, `SupervisedLitModule` trains a `models.classifier.SpeciesClassifier`,
 and the `species_eval` callback prints the classifier's accuracy on the eval sets at every rank when
-training ends. `models.interop.load_classifier` gives the trained net back for evaluation.
+training ends. `models.checkpoints.load_classifier` gives the trained net back for evaluation.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from tolclip.core.taxonomy import RANKS, SpeciesKey
 from tolclip.models.classifier import SpeciesClassifier
-from tolclip.training.clip_module import ScheduledModule
+from tolclip.training.schedule import ScheduledModule
 
 log = logging.getLogger(__name__)
 
