@@ -209,17 +209,28 @@ def test_species_targets_carry_species_keys_not_tokens(small_shards):
     batch = next(iter(dm.train_stream()))
     assert "text" not in batch and len(batch["taxon"]) == 4
     moved = dm.on_before_batch_transfer(batch, 0)
-    assert "taxon" not in moved and moved["species"] == [t.ranks if t.species else None for t in batch["taxon"]]
+    assert "taxon" not in moved and moved["species"] == [
+        t.ranks if t.species else None for t in batch["taxon"]
+    ]
     assert dm.species_classes() == sorted({t.ranks for t in TAXA})
     with pytest.raises(ValueError, match="targets must be 'captions' or 'species'"):
         _dm(small_shards, targets="labels")
 
 
 def test_prepare_data_writes_the_synthetic_shards_once(tmp_path):
-    generate = {"out_dir": str(tmp_path / "syn"), "seed": 0, "train_per_species": 1, "val_per_species": 1,
-                "unseen_per_species": 1}
-    dm = _dm(tmp_path, train_shards=f"{tmp_path}/syn/train/shard-*.tar",
-             eval_sets={"seen": f"{tmp_path}/syn/val/shard-*.tar"}, generate=generate)
+    generate = {
+        "out_dir": str(tmp_path / "syn"),
+        "seed": 0,
+        "train_per_species": 1,
+        "val_per_species": 1,
+        "unseen_per_species": 1,
+    }
+    dm = _dm(
+        tmp_path,
+        train_shards=f"{tmp_path}/syn/train/shard-*.tar",
+        eval_sets={"seen": f"{tmp_path}/syn/val/shard-*.tar"},
+        generate=generate,
+    )
     dm.prepare_data()
     manifest = tmp_path / "syn" / "manifest.json"
     stamp = manifest.stat().st_mtime_ns
