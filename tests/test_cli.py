@@ -91,6 +91,8 @@ def test_installed_wheel_trains_from_another_directory(tmp_path: Path) -> None:
     user = tmp_path / "my-configs" / "experiment"  # a user's own config dir composes on top
     user.mkdir(parents=True)
     (user / "mine.yaml").write_text("# @package _global_\ntask_name: mine\ntags: [from_my_configs]\n")
+    (user.parent / "local").mkdir()  # machine-local settings, applied without being named
+    (user.parent / "local" / "default.yaml").write_text("# @package _global_\nseed: 7\n")
     done = run(
         [
             *tolclip,
@@ -118,5 +120,6 @@ def test_installed_wheel_trains_from_another_directory(tmp_path: Path) -> None:
     assert "zero-shot accuracy" in done.stdout and "species" in done.stdout
     (run_dir,) = (work / "logs" / "mine" / "runs").iterdir()  # outputs under the working directory
     assert (run_dir / "checkpoints" / "last.ckpt").is_file() and (run_dir / "zero_shot.csv").is_file()
-    assert "from_my_configs" in (run_dir / ".hydra" / "config.yaml").read_text()
+    saved = (run_dir / ".hydra" / "config.yaml").read_text()
+    assert "from_my_configs" in saved and "\nseed: 7\n" in saved
     assert (work / "data" / "synthetic" / "manifest.json").is_file()
