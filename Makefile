@@ -75,5 +75,7 @@ bench-shards: $(STAMP) ## shard builder images/s vs Pillow-only decode/resize/en
 bench-eval: $(STAMP) random-openclip ## feature extraction images/s: tolclip vs open_clip on the same checkpoint and images
 	$(PY) scripts/bench_eval.py --images 64 $(ARGS)
 
+# Only what tolclip generates: data/ also holds users' weights (data/checkpoints) and benchmark data.
 clean: ## remove generated data and logs (keeps .venv)
-	rm -rf data logs/train logs/sweep-text-types logs/eval-suite .cache outputs multirun build
+	rm -rf data/synthetic data/.synthetic.lock data/shared_sources data/checkpoints/random-openclip-* \
+		logs/* .cache outputs multirun build

@@ -361,6 +361,9 @@ def test_cli_export_and_check(
     ckpt, net = tolclip_run
     out = tmp_path / "hf"
     assert main(["export", str(ckpt), str(out)]) == 0
+    assert main(["export", str(ckpt), str(out)]) == 2  # a second export refuses the used folder
+    assert "is not empty; use --force" in capsys.readouterr().err
+    assert main(["export", str(ckpt), str(out), "--force"]) == 0
     model = open_clip.create_model(f"local-dir:{out}").eval()
     images, tokens = torch.randn(2, 3, 32, 32), get_tokenizer(16)(CAPTIONS)
     assert_same_outputs(outputs(model, images, tokens), outputs(net, images, tokens), atol=1e-5)

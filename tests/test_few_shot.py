@@ -243,10 +243,15 @@ def test_classes_too_small_never_crash():
     none_kept = simpleshot(x, labels, k=5)
     assert none_kept.classes == 0 and none_kept.classes_left_out == 3 and none_kept.queries == 0
     assert all(math.isnan(a) for a in none_kept.folds)
+    assert not none_kept.computed and "6 images (5 support + 1 query)" in none_kept.reason
+    # One usable class used to score a trivial 100% (issue 9: a headline that overstates); fewer than
+    # two classes is now "not computed" with the reason, as for none.
     one_kept = simpleshot(x, labels, k=1)
-    assert one_kept.classes == 1 and one_kept.classes_left_out == 2 and one_kept.folds == [1.0] * 5
+    assert one_kept.classes == 1 and one_kept.classes_left_out == 2
+    assert all(math.isnan(a) for a in one_kept.folds) and not one_kept.computed and one_kept.chance is None
+    assert "only 1 of 3 classes" in one_kept.reason
     probe = linear_probe(x, labels)
-    assert probe.classes == 1 and probe.folds == [1.0] * 5
+    assert probe.classes == 1 and all(math.isnan(a) for a in probe.folds) and "only 1 of 3" in probe.reason
 
 
 @pytest.mark.parametrize(

@@ -18,7 +18,7 @@ from PIL import Image
 from tolclip.core.resources import config_dir
 from tolclip.data.transforms import Preprocess
 from tolclip.evaluation.features import FeatureCache, extract_image_features
-from tolclip.evaluation.report import suite_table, write_suite
+from tolclip.evaluation.report import NOT_COMPUTED, suite_table, write_suite
 from tolclip.evaluation.suite import EvalModel, evaluate, load_eval_model
 from tolclip.evaluation.tasks import TaskError, load_task
 from tolclip.training.run import train
@@ -271,11 +271,18 @@ def test_make_eval_suite_multirun_writes_the_table(trained_run: Path, tmp_path: 
     assert sorted(row[0] for row in body) == ["ours", "random"] and all(
         c != "-" for row in body for c in row[1:]
     )
-    # butterflies-100 has 5 test images per class: no query is left after 5 shots, so no number.
+    # butterflies-100 has 5 test images per class: no query is left after 5 shots, so no number. It used
+    # to read "-" like a measure never tried (issue 9); now "not computed", its reason in a footnote, and
+    # the mean says it runs over one of the two tasks.
     _, body = suite_table(results, "5-shot")
-    assert all(row[1] == "-" and row[2] != "-" and row[3] == row[2] for row in body)
+    assert all(
+        row[1] == NOT_COMPUTED and row[2] != "-" and row[3] == row[2].split(" ± ")[0] + " (1/2 tasks)"
+        for row in body
+    )
+    assert "only 0 of" in text and "6 images (5 support + 1 query)" in text
     assert len(list(sweep.rglob("tsne_species.png"))) == 4
-    assert (sweep / "suite_table.csv").read_text().count("\n") == 1 + 4 * 4 - 2  # no butterflies 5-shot
+    # Every measure tried has a row, the butterflies 5-shot too (status "not computed", with its reason).
+    assert (sweep / "suite_table.csv").read_text().count("\n") == 1 + 4 * 4
 
 
 def test_missing_benchmark_is_one_line_not_a_trace(tmp_path: Path) -> None:

@@ -38,8 +38,8 @@ def main(cfg: DictConfig) -> None:
     try:
         build_cfg = OmegaConf.to_container(cfg.build, resolve=True)
         stats = build(build_cfg)
-    except (BuildError, FileNotFoundError, ValueError) as err:
-        # A bad config or input is the user's to fix: one line, no traceback.
+    except (BuildError, OSError, ValueError) as err:
+        # A bad config or input (or a full / read-only disk) is the user's to fix: one line, no traceback.
         print(f"tolclip build-shards: error: {err}", file=sys.stderr)
         sys.exit(2)
     print(json.dumps({k: stats[k] for k in SUMMARY_KEYS}, indent=1))

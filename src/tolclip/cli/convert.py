@@ -55,6 +55,11 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("source", help="our Lightning .ckpt, or open_clip weights (a file or release folder)")
     export.add_argument("out_dir")
     export.add_argument("--bin", action="store_true", help=f"also write {BIN_FILE}")
+    export.add_argument(
+        "--force",
+        action="store_true",
+        help="export into a non-empty folder, replacing an earlier export's files there (others are kept)",
+    )
     check = sub.add_parser("check", help="load a model file and print its architecture")
     check.add_argument("source")
     for p in (export, check):
@@ -93,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         loaded = _load(args)
         if args.command == "export":
-            out = export_open_clip(loaded, args.out_dir, write_bin=args.bin)
+            out = export_open_clip(loaded, args.out_dir, write_bin=args.bin, force=args.force)
             print(f"wrote {out} (load with open_clip.create_model_and_transforms('local-dir:{out}'))")
         else:
             print(_report(loaded))

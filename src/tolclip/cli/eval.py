@@ -12,21 +12,24 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
+from tolclip.cli import run_folder  # noqa: F401 - registers ${run_id:} for hydra.run.dir (python -m runs)
 from tolclip.core.resources import CONFIG_PATH
 from tolclip.core.templates import templates_for
 from tolclip.evaluation.zero_shot import RankResult, evaluate_datamodule, print_results, write_csv
 from tolclip.models.checkpoints import load_net, run_net_config
-from tolclip.training.run import instantiate_datamodule
+from tolclip.training.run import check_checkpoint_file, check_data, instantiate_datamodule
 
 
 def evaluate(cfg: DictConfig) -> list[RankResult]:
     ckpt_path = Path(cfg.ckpt_path)
+    check_checkpoint_file(str(ckpt_path))  # a typo, a text file or a truncated copy: one clear line
     net_cfg = run_net_config(ckpt_path, cfg.model.net)
-    net = load_net(ckpt_path, net_cfg)  # a missing file fails here, with its path
+    net = load_net(ckpt_path, net_cfg)  # an unreadable archive or wrong architecture fails here, named
     # Images must match the architecture the checkpoint has, whatever model group was given.
     cfg.data.image_size = net_cfg.vision.image_size
     datamodule = instantiate_datamodule(cfg)
     datamodule.prepare_data()
+    check_data(datamodule, train=False)  # every eval set, named by its key, before any feature is computed
     zs = cfg.zero_shot
     results = evaluate_datamodule(
         net, datamodule, list(zs.text_types), templates_for(zs.templates), context_length=zs.context_length

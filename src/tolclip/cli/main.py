@@ -2,7 +2,8 @@
 
 Hydra commands (train, eval, eval-suite, build-shards) take Hydra overrides after the command
 (`tolclip train model=vit_b16 trainer=gpu`); the others take ordinary options. `tolclip <command>
---help` says more about each.
+--help` says more about each. A Hydra command's user error is one line (exit code 2);
+`tolclip <command> --debug ...` shows the full traceback.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from tolclip import __version__
+from tolclip.cli.errors import run_hydra_command
 
 
 @dataclass(frozen=True)
@@ -70,7 +72,8 @@ def usage() -> str:
     return (
         f"usage: tolclip <command> [arguments]   (tolclip {__version__})\n\n"
         f"BioCLIP-style CLIP models for the tree of life.\n\ncommands:\n{rows}\n\n"
-        "`tolclip <command> --help` describes a command; Hydra commands take overrides (key=value) after it."
+        "`tolclip <command> --help` describes a command; Hydra commands take overrides (key=value) after it\n"
+        "(and --debug first, for full tracebacks)."
     )
 
 
@@ -94,9 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     command = COMMANDS[name]
     function = _resolve(command.target)  # imported only now: `tolclip --help` stays fast
     if command.hydra:
-        sys.argv = [f"tolclip {name}", *rest]  # Hydra parses sys.argv itself
-        function()
-        return 0
+        # One line for a user error (the traceback goes to the run's error.log); --debug shows it.
+        return run_hydra_command(name, function, rest)
     return int(function(rest) or 0)
 
 

@@ -4,6 +4,8 @@
   BioCLIP's Table 5) from the zero-shot CSVs of a training sweep; also written to SWEEP_DIR/table.md.
 * `tolclip report --suite SWEEP_DIR [--wandb]`: models × tasks for every eval-suite measure (as
   BioCLIP's Table 4) from the `results.json` files; written as SWEEP_DIR/suite_table.md and .csv.
+  A cell computed on part of a task reads e.g. `48.0 ± 8.7 (3/520 cls)`; one with fewer than 2 usable
+  classes reads `not computed`; the footnote under each table gives the rule, chance and reasons.
 """
 
 from __future__ import annotations

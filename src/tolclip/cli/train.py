@@ -11,6 +11,7 @@ import os
 import hydra
 from omegaconf import DictConfig
 
+from tolclip.cli import run_folder  # noqa: F401 - registers ${run_id:} for hydra.run.dir (python -m runs)
 from tolclip.core.resources import CONFIG_PATH
 from tolclip.training.run import train
 

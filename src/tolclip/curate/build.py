@@ -12,7 +12,10 @@ are cheap and deterministic and are simply recomputed. Each shard is written to 
 renamed when complete; `progress.json` lists the finished shards with their sample counts, and a resumed
 build skips a shard whose file exists with the expected count. Shard contents are deterministic (fixed
 order, mtime 0), so a resumed build's output equals an uninterrupted one byte for byte. A config that
-changes anything affecting the output is refused on resume (its fingerprint differs).
+changes anything affecting the output is refused on resume (its fingerprint differs), and so are inputs
+that changed (the scan's fingerprint: keys, file size and mtime, labels). Every build ends by comparing
+the shards with the catalog (tar headers only). The build holds a lock on `out_dir` throughout and
+writes into a non-empty one only to resume or with `overwrite=true` (`tolclip.curate.progress`).
 
 `train_small` (the ablation subset of train) is both a catalog flag and its own shard set under
 `out_dir/train_small/`, a copy of the flagged train samples, so it can be trained on directly.
@@ -28,11 +31,12 @@ from pathlib import Path
 from typing import Any
 
 from tolclip.core.taxonomy import RANKS, Taxon, clean_name
+from tolclip.curate.check import check_catalog
 from tolclip.curate.config import BuildConfig, BuildError
 from tolclip.curate.dedup import Deduplicator, EvalExclusion
 from tolclip.curate.entries import Entry, Outcome
 from tolclip.curate.image_worker import process_images, worker_pool
-from tolclip.curate.progress import Progress, prepare_out_dir
+from tolclip.curate.progress import Progress, out_dir_lock, prepare_out_dir, scan_signature
 from tolclip.curate.resolve import Resolver, TableBackend, TaxoniqBackend
 from tolclip.curate.shard_writer import ShardJob, plan_shards, write_shards
 from tolclip.curate.sources import IMAGE_EXTENSIONS, NOT_SELECTED, SourceScan, open_source, read_table
@@ -44,10 +48,17 @@ from tolclip.curate.stats import catalog_rows, statistics, write_reports
 def build(config: dict[str, Any] | BuildConfig) -> dict[str, Any]:
     """Run the whole pipeline; returns the statistics (also written to `stats.json`)."""
     cfg = config if isinstance(config, BuildConfig) else BuildConfig.from_dict(config)
+    # Two builds into one out_dir would delete each other's spool and shards: the second fails at once.
+    with out_dir_lock(cfg.out_dir):
+        return _build_locked(cfg)
+
+
+def _build_locked(cfg: BuildConfig) -> dict[str, Any]:
     prepare_out_dir(cfg)
     progress = Progress(cfg)
     skipped, excluded = Outcome(), Outcome()
     entries = scan_sources(cfg, skipped)
+    progress.record_scan(scan_signature(entries))  # a resume refuses inputs that changed meanwhile
     resolver = Resolver(_taxonomy_backend(cfg.taxonomy))
     candidates = resolve_taxonomy(cfg, entries, resolver, skipped, excluded)
     exclusion = _eval_exclusion(cfg)
@@ -57,10 +68,26 @@ def build(config: dict[str, Any] | BuildConfig) -> dict[str, Any]:
         plan = split_entries(kept, cfg.splits, cfg.train_small_fraction)
         shard_of = write_all_shards(cfg, plan.shard_sets, spool, pool, progress)
     stats = write_catalog_and_reports(cfg, plan, shard_of, entries, skipped, excluded, resolver)
+    verify_shards(cfg.out_dir)
     progress.complete()
     if not cfg.keep_cache:
         shutil.rmtree(cfg.out_dir / CACHE_DIR, ignore_errors=True)
     return stats
+
+
+def verify_shards(out: Path) -> None:
+    """Fail unless the shards hold exactly the keys catalog.csv puts in them (tar headers only, cheap).
+
+    Exit 0 must mean a usable shard set: a disagreement found here would otherwise surface only in
+    `check-shards`, or as silently missing samples in training.
+    """
+    problems = check_catalog(out)
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise BuildError(
+            f"the shards in {out} disagree with catalog.csv: {problems[0]}{more}; "
+            "rebuild it with build.overwrite=true"
+        )
 
 
 # ------------------------------------------------------------------------------------------------ stages

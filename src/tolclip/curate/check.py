@@ -1,4 +1,8 @@
-"""Verify a shard folder: every sample decodes, and the shards hold exactly what `catalog.csv` says."""
+"""Verify a shard folder: every sample decodes, and the shards hold exactly what `catalog.csv` says.
+
+`check` decodes everything (`tolclip check-shards`); `check_catalog` reads only the tar headers, cheap
+enough to end every build. Both report problems as lines and never raise on a damaged shard.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,8 @@ from tolclip.curate.splits import TRAIN_SMALL
 from tolclip.data.images import ImageError, load_image
 from tolclip.data.shards import decode_taxon, has_tar_end
 
+CATALOG = "catalog.csv"
+
 
 def check(directory: str | os.PathLike) -> list[str]:
     """Problems found in every `shard-*.tar` under `directory` ([] when all samples decode).
@@ -20,31 +26,66 @@ def check(directory: str | os.PathLike) -> list[str]:
     catalog puts in them (no sample lost, none extra).
     """
     root = Path(directory)
-    shards = sorted(root.rglob("shard-*.tar"))
+    shards = _shards(root)
     if not shards:
         return [f"{root}: no shard-*.tar files"]
     problems: list[str] = []
-    found: dict[str, set[str]] = {}
-    for shard in shards:
-        name = shard.relative_to(root).as_posix()
-        found[name] = _check_shard(shard, name, problems)
-    if (root / "catalog.csv").is_file():
-        problems += _check_against_catalog(root / "catalog.csv", found)
+    found = {name: _check_shard(shard, name, problems) for name, shard in shards}
+    if (root / CATALOG).is_file():
+        problems += _check_against_catalog(root / CATALOG, found)
     return problems
+
+
+def check_catalog(directory: str | os.PathLike) -> list[str]:
+    """Whether the shards hold exactly the keys `catalog.csv` puts in them, from tar headers only."""
+    root = Path(directory)
+    if not (root / CATALOG).is_file():
+        return [f"{root}: no {CATALOG}"]
+    problems: list[str] = []
+    found = {name: _shard_keys(shard, name, problems) for name, shard in _shards(root)}
+    return problems + _check_against_catalog(root / CATALOG, found)
+
+
+def _shards(root: Path) -> list[tuple[str, Path]]:
+    # A `.tmp-*` folder is a shard write that never finished, not a shard.
+    paths = sorted(p for p in root.rglob("shard-*.tar") if not any(s.startswith(".tmp-") for s in p.parts))
+    return [(p.relative_to(root).as_posix(), p) for p in paths]
+
+
+def _tar_end_problem(shard: Path, name: str) -> list[str]:
+    try:
+        return [] if has_tar_end(shard) else [f"{name}: truncated shard (no end-of-archive marker)"]
+    except OSError as err:
+        return [f"{name}: unreadable shard ({err.__class__.__name__}: {err})"]
+
+
+def _shard_keys(shard: Path, name: str, problems: list[str]) -> set[str]:
+    """The sample keys of a shard from its member names (no data read); none when it cannot be read."""
+    problems += _tar_end_problem(shard, name)
+    try:
+        with tarfile.open(shard) as tar:
+            return {m.name.rsplit("/", 1)[-1].partition(".")[0] for m in tar if m.isfile()}
+    except (tarfile.TarError, OSError, EOFError) as err:
+        problems.append(f"{name}: unreadable shard ({err.__class__.__name__}: {err})")
+        return set()
 
 
 def _check_shard(shard: Path, name: str, problems: list[str]) -> set[str]:
     """Append the shard's problems; return the keys it holds (none when it cannot be read)."""
-    if not has_tar_end(shard):
-        problems.append(f"{name}: truncated shard (no end-of-archive marker)")
+    problems += _tar_end_problem(shard, name)
     samples: dict[str, dict[str, bytes]] = defaultdict(dict)
     try:
         with tarfile.open(shard) as tar:
             for member in tar:
-                if not member.isfile():
+                if not member.isfile():  # a build writes regular files only
+                    problems.append(f"{name}: odd member {member.name!r} (not a regular file)")
                     continue
                 base = member.name.rsplit("/", 1)[-1]
                 key, _, ext = base.partition(".")
+                if not key or not ext:
+                    problems.append(f"{name}: odd member {member.name!r} (no key.extension name)")
+                elif ext in samples[key]:
+                    problems.append(f"{name} {key}: member .{ext} twice")
                 samples[key][ext] = tar.extractfile(member).read()
     except (tarfile.TarError, OSError, EOFError) as err:
         problems.append(f"{name}: unreadable shard ({err.__class__.__name__}: {err})")
@@ -57,6 +98,7 @@ def _check_shard(shard: Path, name: str, problems: list[str]) -> set[str]:
 
 
 def _sample_problems(files: dict[str, bytes]) -> list[str]:
+    # Any failure to decode a sample is that sample's problem: check reports, it never crashes.
     problems = []
     if "jpg" not in files:
         problems.append("no jpg")
@@ -65,15 +107,18 @@ def _sample_problems(files: dict[str, bytes]) -> list[str]:
             load_image(files["jpg"])
         except ImageError as err:
             problems.append(f"image {err.reason}")
+        except Exception as err:  # e.g. a decompression bomb Pillow refuses
+            problems.append(f"image undecodable ({err.__class__.__name__}: {err})")
     if "taxon.json" not in files:
         problems.append("no taxon.json")
         return problems
     try:
         taxon = decode_taxon(files["taxon.json"])
-    except (ValueError, TypeError) as err:
-        problems.append(f"bad taxon.json ({err})")
+        ranks = taxon.ranks
+    except Exception as err:  # valid JSON of the wrong shape fails in many ways
+        problems.append(f"bad taxon.json ({err.__class__.__name__}: {err})")
         return problems
-    if not any(taxon.ranks):
+    if not any(ranks):
         problems.append("taxon.json has no rank")
     return problems
 
@@ -81,11 +126,14 @@ def _sample_problems(files: dict[str, bytes]) -> list[str]:
 def _check_against_catalog(catalog: Path, found: dict[str, set[str]]) -> list[str]:
     small_set = f"{TRAIN_SMALL}/"
     expected: dict[str, set[str]] = defaultdict(set)
-    with catalog.open(newline="", encoding="utf-8") as fh:
-        for row in csv.DictReader(fh):
-            expected[row["shard"]].add(row["key"])
-            if row.get("train_small") == "True":
-                expected[small_set].add(row["key"])
+    try:
+        with catalog.open(newline="", encoding="utf-8") as fh:
+            for row in csv.DictReader(fh):
+                expected[row["shard"]].add(row["key"])
+                if row.get("train_small") == "True":
+                    expected[small_set].add(row["key"])
+    except (OSError, ValueError, KeyError) as err:
+        return [f"{catalog.name}: unreadable ({err.__class__.__name__}: {err})"]
     # train_small shards are re-cut from the train keys, so they are compared as one set.
     got = {name: keys for name, keys in found.items() if not name.startswith(small_set)}
     small = set().union(*(k for n, k in found.items() if n.startswith(small_set)))

@@ -14,7 +14,7 @@ from tolclip.curate.spool import SPOOL_FORMAT
 from tolclip.data.images import DEFAULT_MAX_PIXELS
 
 # Settings that change how a build runs, not what it writes: a resume may change them.
-_RUN_ONLY = ("out_dir", "workers", "chunk_size", "resume", "keep_cache", "progress")
+_RUN_ONLY = ("out_dir", "workers", "chunk_size", "resume", "overwrite", "keep_cache", "progress")
 
 
 class BuildError(Exception):
@@ -41,6 +41,8 @@ class BuildConfig:
     chunk_size: int = 16
     limit_per_source: int | None = None
     resume: bool = False
+    # A fresh build into a non-empty out_dir refuses without it; with it, only a build's own files go.
+    overwrite: bool = False
     keep_cache: bool = False
     progress: bool = True
 

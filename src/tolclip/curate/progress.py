@@ -1,42 +1,178 @@
-"""`out_dir/progress.json`: the config fingerprint a resume must match, and the shards already finished."""
+"""The build's hold on its `out_dir`: an exclusive lock, the checks before writing into it, and
+`out_dir/progress.json` (the config and input fingerprints a resume must match, and the shards finished).
+
+A build owns only the files it writes (`BUILD_FILES`, the split folders' shards, the cache): a fresh
+build refuses a non-empty folder unless `overwrite=true`, and even then removes only those files.
+"""
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import shutil
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from tolclip.core.hashing import sha256_hex
 from tolclip.curate.config import BuildConfig, BuildError
+from tolclip.curate.entries import Entry
 from tolclip.curate.splits import TRAIN_SMALL
-from tolclip.curate.spool import CACHE_DIR
+from tolclip.curate.spool import CACHE_DIR, RESULTS_FILE
 
 PROGRESS_FILE = "progress.json"
+LOCK_FILE = ".lock"
+# The scan each input's signature came from, kept beside the spool to name what changed on resume.
+SCAN_FILE = "scan.json"
+# Top-level files a build writes (stats.write_reports, the resolver's report, progress.json).
+BUILD_FILES = (
+    "catalog.csv",
+    "catalog.parquet",
+    "skipped.csv",
+    "excluded.csv",
+    "stats.json",
+    "resolution_report.csv",
+    PROGRESS_FILE,
+)
 
 
 def _read(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text())
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise BuildError(f"{path} is unreadable ({err}); rebuild with build.overwrite=true") from err
+
+
+@contextmanager
+def out_dir_lock(out: Path) -> Iterator[None]:
+    """Hold an exclusive lock on `out/.lock` while the build runs; a second build fails at once.
+
+    Non-blocking on purpose: waiting for another build would only let it finish and then be refused
+    (or worse, mixed with). The kernel drops the lock when the holder dies, so a crash never leaves it.
+    """
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fh = open(out / LOCK_FILE, "a+", encoding="utf-8")  # "a+": never truncates the holder's pid
+    except (FileExistsError, NotADirectoryError) as err:
+        raise BuildError(f"out_dir {out} is not a folder ({err.strerror}: {err.filename})") from err
+    except OSError as err:
+        raise BuildError(f"out_dir {out} cannot be written ({err.strerror})") from err
+    with fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "unknown"
+            raise BuildError(
+                f"another build is writing {out} (lock held by pid {holder}); "
+                "wait for it to end or choose another out_dir"
+            ) from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(os.getpid()))
+        fh.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def prepare_out_dir(cfg: BuildConfig) -> None:
-    """Check that a resume continues the same config; clear an earlier build's output for a fresh one."""
+    """Check that a resume continues the same config; refuse (or, with overwrite, clear) an occupied folder."""
     out = cfg.out_dir
     progress = out / PROGRESS_FILE
-    if cfg.resume:
-        if progress.exists() and _read(progress).get("fingerprint") != cfg.fingerprint():
+    previous = _read(progress) if progress.is_file() else None
+    contents = sorted(p.name for p in out.iterdir() if p.name != LOCK_FILE)
+    if cfg.resume and previous is not None:
+        if previous.get("fingerprint") != cfg.fingerprint():
             raise BuildError(
                 f"resume=true but the config changed since the build in {out} started; "
                 "rerun without resume (starts over)"
             )
         return
-    if out.exists() and any(out.iterdir()):
-        if not progress.exists():
-            raise BuildError(f"out_dir {out} is not empty and holds no tolclip build; choose an empty folder")
-        # A fresh build over an earlier one: remove what a build writes, nothing else.
-        old = _read(progress).get("shards", {})
-        for name in {*cfg.splits, TRAIN_SMALL, CACHE_DIR, *(rel.split("/")[0] for rel in old)}:
-            shutil.rmtree(out / name, ignore_errors=True)
-    out.mkdir(parents=True, exist_ok=True)
+    if not contents:
+        return
+    if not cfg.overwrite:
+        held = (
+            "an earlier tolclip build" if previous else f"files no tolclip build wrote, e.g. {contents[0]!r}"
+        )
+        hint = "build.resume=true continues an interrupted build; " if previous else ""
+        raise BuildError(
+            f"out_dir {out} is not empty (it holds {held}); {hint}build.overwrite=true replaces a build's "
+            "files there (other files are kept), or choose an empty folder"
+        )
+    earlier_sets = {rel.split("/")[0] for rel in (previous or {}).get("shards", {})}
+    remove_build_files(out, sorted({*cfg.splits, TRAIN_SMALL, *earlier_sets}))
+
+
+def remove_build_files(out: Path, split_dirs: Sequence[str]) -> None:
+    """Remove what a build writes in `out` (reports, shards, cache) and nothing else."""
+    for name in BUILD_FILES:
+        (out / name).unlink(missing_ok=True)
+    for name in split_dirs:
+        folder = out / name
+        if folder.is_dir():
+            for path in [*folder.glob("shard-*.tar"), *folder.glob(".tmp-*")]:
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+            _remove_if_empty(folder)
+    cache = out / CACHE_DIR
+    if cache.is_dir():
+        for name in (RESULTS_FILE, "encoded.bin", SCAN_FILE):
+            (cache / name).unlink(missing_ok=True)
+        _remove_if_empty(cache)
+
+
+def _remove_if_empty(folder: Path) -> None:
+    if not any(folder.iterdir()):
+        folder.rmdir()
+
+
+# ----------------------------------------------------------------------------------- input fingerprint
+
+
+def scan_signature(entries: list[Entry]) -> dict[str, list[str]]:
+    """key -> [source_id, signature]: file size and mtime plus the labels a source gave (cheap: one stat).
+
+    A resumed build must see the inputs the interrupted one saw: the spool and finished shards hold
+    their results, and a removed, added or edited input would leave the catalog and shards disagreeing.
+    """
+    out: dict[str, list[str]] = {}
+    for e in entries:
+        r = e.record
+        if r is None:
+            out[e.key] = [e.source_id, "problem"]
+            continue
+        try:
+            st = os.stat(r.path)
+            file_sig = f"{st.st_size}:{st.st_mtime_ns}"
+        except OSError:
+            file_sig = "unreadable"
+        labels = [r.label, r.scientific_name, r.common_name, sorted(r.ranks.items()), r.split]
+        out[e.key] = [e.source_id, f"{file_sig}:{sha256_hex(json.dumps(labels))[:12]}"]
+    return out
+
+
+def describe_change(old: dict[str, list[str]], new: dict[str, list[str]]) -> str:
+    """'1 input missing (a.jpg), 1 new (b.jpg), 2 changed (...)': what differs between two scans."""
+    missing = sorted(old.keys() - new.keys())
+    added = sorted(new.keys() - old.keys())
+    changed = sorted(k for k in old.keys() & new.keys() if old[k][1] != new[k][1])
+    parts = []
+    for label, keys, table in (
+        ("input(s) missing", missing, old),
+        ("new", added, new),
+        ("changed", changed, new),
+    ):
+        if keys:
+            names = ", ".join(table[k][0] for k in keys[:3]) + (", ..." if len(keys) > 3 else "")
+            parts.append(f"{len(keys)} {label} ({names})")
+    return ", ".join(parts) or "the inputs differ"
+
+
+def _digest(scan: dict[str, list[str]]) -> str:
+    return sha256_hex(json.dumps(scan, sort_keys=True))
 
 
 class Progress:
@@ -45,12 +181,39 @@ class Progress:
     def __init__(self, cfg: BuildConfig) -> None:
         self.out = cfg.out_dir
         self.path = self.out / PROGRESS_FILE
+        self.resume = cfg.resume
         old = _read(self.path) if cfg.resume and self.path.exists() else {}
         self.state = {"fingerprint": cfg.fingerprint(), "shards": old.get("shards", {}), "complete": False}
+        if "scan" in old:
+            self.state["scan"] = old["scan"]
         self._save()
 
     def _save(self) -> None:
         self.path.write_text(json.dumps(self.state, indent=1))
+
+    def record_scan(self, scan: dict[str, list[str]]) -> None:
+        """Remember the scan; on resume, refuse one that differs from the interrupted build's."""
+        scan_file = self.out / CACHE_DIR / SCAN_FILE
+        previous = self.state.get("scan")
+        if self.resume and previous is not None and previous["digest"] != _digest(scan):
+            old = json.loads(scan_file.read_text()) if scan_file.is_file() else None
+            what = describe_change(old, scan) if old else f"{previous['inputs']} inputs then, {len(scan)} now"
+            raise BuildError(
+                f"source changed since the interrupted build in {self.out}: {what}; "
+                "rebuild without resume (build.overwrite=true) or restore the source"
+            )
+        if self.resume and previous is None and (self.state["shards"] or self._spool_exists()):
+            raise BuildError(
+                f"the interrupted build in {self.out} recorded no input fingerprint (an older tolclip), "
+                "so a resume cannot be verified; rebuild without resume (build.overwrite=true)"
+            )
+        scan_file.parent.mkdir(parents=True, exist_ok=True)
+        scan_file.write_text(json.dumps(scan, sort_keys=True))
+        self.state["scan"] = {"digest": _digest(scan), "inputs": len(scan)}
+        self._save()
+
+    def _spool_exists(self) -> bool:
+        return (self.out / CACHE_DIR / RESULTS_FILE).is_file()
 
     def is_finished(self, rel: str, count: int) -> bool:
         """Whether the shard `rel` (relative to out_dir) was written whole, with `count` samples."""

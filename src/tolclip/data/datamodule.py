@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 from tolclip.core.captions import MIXED, TEXT_TYPES, check_text_type
 from tolclip.core.taxonomy import SpeciesKey, species_key
 from tolclip.data.shards import scan_species
-from tolclip.data.stream import ShardStream, StreamConfig, expand_shards
+from tolclip.data.stream import DataError, ShardLoader, ShardStream, StreamConfig, expand_shards
 from tolclip.data.transforms import eval_transform, train_transform
 
 
@@ -29,6 +29,10 @@ class ShardDataModule(L.LightningDataModule):
     `species` (each sample's `species_key`, None without a species, for the supervised baseline).
     `generate` (kwargs of `build_synthetic_dataset`) makes `prepare_data` write the synthetic tree of
     life first: the embedded default data.
+
+    Sizes and counts are checked here, so a bad one fails when the config is read. A stream that
+    gets no usable sample in `max_consecutive_skips` attempts in a row, or an epoch that gives no
+    batch, raises `DataError` naming the shards (see `tolclip.data.stream`).
     """
 
     def __init__(
@@ -48,9 +52,20 @@ class ShardDataModule(L.LightningDataModule):
         seed: int = 0,
         targets: str = "captions",
         generate: Mapping[str, Any] | None = None,
+        max_consecutive_skips: int = 2000,
     ):
         super().__init__()
         check_text_type(text_type)
+        _check_sizes(
+            batch_size=batch_size,
+            eval_batch_size=eval_batch_size,
+            epoch_samples=epoch_samples,
+            num_workers=num_workers,
+            shuffle_buffer=shuffle_buffer,
+            image_size=image_size,
+            context_length=context_length,
+            max_consecutive_skips=max_consecutive_skips,
+        )
         if targets not in ("captions", "species"):
             raise ValueError(f"data.targets must be 'captions' or 'species', not {targets!r}")
         if resampled and train_shards is not None and not epoch_samples:
@@ -71,6 +86,7 @@ class ShardDataModule(L.LightningDataModule):
         self.seed = seed
         self.targets = targets
         self.generate = dict(generate) if generate else None
+        self.max_consecutive_skips = max_consecutive_skips
         self._train: ShardStream | None = None
 
     def prepare_data(self) -> None:
@@ -128,6 +144,7 @@ class ShardDataModule(L.LightningDataModule):
                 seed=self.seed,
                 partial=False,
                 num_workers=max(1, self.num_workers),
+                max_consecutive_skips=self.max_consecutive_skips,
             )
         )
         return stream
@@ -147,7 +164,7 @@ class ShardDataModule(L.LightningDataModule):
         self.set_epoch(
             self.trainer.fit_loop.epoch_progress.current.processed if self.trainer is not None else 0
         )
-        return DataLoader(
+        return ShardLoader(
             self._train,
             batch_size=None,
             num_workers=self.num_workers,
@@ -166,10 +183,11 @@ class ShardDataModule(L.LightningDataModule):
                 batch_size=self.eval_batch_size,
                 image_transform=eval_transform(self.image_size),
                 split_by_rank=False,
+                max_consecutive_skips=self.max_consecutive_skips,
             )
         )
         # Workers split the shard list, so more workers than shards would only sit idle.
-        return DataLoader(stream, batch_size=None, num_workers=min(self.num_workers, len(urls)))
+        return ShardLoader(stream, batch_size=None, num_workers=min(self.num_workers, len(urls)))
 
     def on_before_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
         # Taxa become species keys (tuples of names) before Lightning moves the batch to the
@@ -184,3 +202,32 @@ class ShardDataModule(L.LightningDataModule):
         if self.train_shards is None:
             raise ValueError("data.train_shards is not set")
         return scan_species(expand_shards(self.train_shards))
+
+
+# Sizes and counts: (lowest allowed value, whether None means "use the default").
+_SIZES = {
+    "batch_size": (1, False),
+    "eval_batch_size": (1, True),
+    "epoch_samples": (1, True),
+    "num_workers": (0, False),
+    "shuffle_buffer": (0, False),
+    "image_size": (1, False),
+    "context_length": (1, False),
+    "max_consecutive_skips": (1, False),
+}
+
+
+def _check_sizes(**values: object) -> None:
+    """Reject a bad size when the config is read: a batch of -8 would otherwise never fill (a
+    hang) and a 0 would crash deep in the loader."""
+    for name, value in values.items():
+        low, optional = _SIZES[name]
+        if value is None and optional:
+            continue
+        # bool is an int in Python, but `batch_size: true` is a typo, not a size.
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            kind = "a positive integer" if low == 1 else "a non-negative integer"
+            raise ValueError(f"data.{name} must be {kind}, got {value!r}")
+
+
+__all__ = ["DataError", "ShardDataModule", "expand_shards"]

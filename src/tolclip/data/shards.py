@@ -60,7 +60,11 @@ def _taxon_files(taxon: Taxon) -> tuple[dict[str, str], dict[str, bytes]]:
 
 
 def decode_taxon(raw: bytes | str | dict) -> Taxon:
+    """The taxon of a `taxon.json` member. Raises ValueError (bad JSON, bad UTF-8, not an object)."""
     meta = json.loads(raw) if isinstance(raw, bytes | str) else raw
+    if not isinstance(meta, dict):
+        # Valid JSON of another shape (a list, a string, null) would fail deep inside Taxon.
+        raise ValueError(f"{TAXON_FILE} must hold a JSON object, not {type(meta).__name__}")
     return Taxon.from_dict(meta)
 
 

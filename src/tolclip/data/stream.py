@@ -2,30 +2,39 @@
 
 Shards are webdataset tars (see docs/shards.md). The training stream is shuffled through a buffer,
 optionally resampled forever with a fixed epoch length, and tokenized inside the workers. A bad
-sample (undecodable image, no caption and no taxon) is skipped and *counted* in a counter shared by
-the loader worker processes, so training can log how many samples each rank lost.
+sample (undecodable image, bomb, odd mode, bad taxon.json or caption) or unreadable shard data is
+skipped and *counted* in a counter shared by the loader worker processes, so training can log how
+many samples each rank lost. Every skip names its shard and sample key; the first few per reason
+are logged, the rest are counted and summarised when the pass ends.
+
+Failure is bounded: `max_consecutive_skips` attempts in a row without a usable sample, a resampled
+stream whose every shard is empty or unreadable, or an epoch that gives no batch at all, end in
+one `DataError` naming the shards and the most common reasons.
 """
 
 from __future__ import annotations
 
 import glob
-import io
 import json
 import logging
 import multiprocessing as mp
 import os
 import random
+import re
+import tarfile
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
 import webdataset as wds
 from PIL import Image
-from torch.utils.data import IterableDataset, get_worker_info
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from tolclip.core.captions import CAPTION_FILES, caption
 from tolclip.core.taxonomy import Taxon
 from tolclip.core.tokenizer import get_tokenizer
+from tolclip.data.images import ImageError, load_image
 from tolclip.data.shards import IMAGE_FILE, TAXON_FILE, decode_taxon, has_tar_end
 
 log = logging.getLogger(__name__)
@@ -66,14 +75,141 @@ def _worker_info() -> tuple[int, int, int, int]:
     return rank, world, worker, workers
 
 
+class DataError(RuntimeError):
+    """A stream that cannot give usable samples: one line naming the shards and the reasons."""
+
+    def __init__(self, message: str) -> None:
+        # The DataLoader re-raises a worker's exception in the main process as
+        # DataError("Caught DataError in DataLoader worker process 0.\nOriginal Traceback ...").
+        # Keep our own line as the message; the worker's traceback stays beside it.
+        self.worker_traceback = ""
+        if message.startswith("Caught DataError"):
+            self.worker_traceback = message
+            last = [line for line in message.splitlines() if line.strip()][-1]
+            message = last.split("DataError: ", 1)[-1]
+        super().__init__(message)
+
+
 class _BadSample(Exception):
-    pass
+    """One sample that cannot be used: `reason` is short and stable (it is counted), `detail` not."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.detail = detail
+
+
+WARNINGS_PER_REASON = 3  # skip warnings logged per reason and pass; the rest are only counted
+MAX_WARNINGS = 30  # and at most this many per pass, however many distinct reasons there are
+_OBJECT_REPR = re.compile(r"\s*@?\s*<[^<>]*\bat 0x[0-9a-fA-F]+>")
+_PIPE_EXIT = re.compile(r"exit (\d+) \(read\)")
+
+
+def name_shards(urls: Sequence[str], show: int = 3) -> str:
+    """'3 shard(s) (a.tar, b.tar, c.tar)': enough to find the culprits, short enough for one line."""
+    urls = list(dict.fromkeys(urls))
+    more = f", ... {len(urls) - show} more" if len(urls) > show else ""
+    return f"{len(urls)} shard(s) ({', '.join(urls[:show])}{more})"
+
+
+def top_reasons(counts: Counter[str], show: int = 3) -> str:
+    return ", ".join(f"{reason} x{n}" for reason, n in counts.most_common(show)) or "no sample read"
+
+
+def shard_error_reason(exn: BaseException, url: str) -> str:
+    """A short, stable reason for an error webdataset met while reading shard data.
+
+    webdataset appends the stream object to the message (`... @ <_io.BytesIO object at 0x...>`):
+    that names nothing a user can find, so it is dropped here and the shard URL is named instead.
+    """
+    text = _OBJECT_REPR.sub("", str(exn.args[0]) if exn.args else "").strip()
+    status = _PIPE_EXIT.search(text)
+    if status:
+        return f"pipe command failed (exit status {status.group(1)})"
+    if isinstance(exn, tarfile.ReadError) and "empty file" in text:
+        # A failing command may not have exited yet when its empty output is read.
+        return "pipe command gave no tar data" if url.startswith("pipe:") else "empty shard (no tar data)"
+    return f"unreadable shard data ({type(exn).__name__}: {text[:100]})"
+
+
+class SkipLog:
+    """The skips of one process in one pass over its shards: counted per (shard, reason), the first
+    few warnings per reason logged, and the streak of attempts since the last usable sample."""
+
+    def __init__(self, max_streak: int) -> None:
+        self.max_streak = max_streak
+        self.counts: Counter[tuple[str, str]] = Counter()
+        self.per_reason: Counter[str] = Counter()
+        self.logged = 0
+        self.used = 0  # usable samples
+        self.read = 0  # samples read from the tars, usable or not
+        self.streak = 0  # attempts (shards opened, samples tried) since the last usable sample
+        self.streak_reasons: Counter[str] = Counter()
+        self.streak_shards: dict[str, None] = {}  # an ordered set
+
+    def skip(self, url: str, key: str | None, reason: str, detail: str = "") -> None:
+        self.counts[(url, reason)] += 1
+        self.per_reason[reason] += 1
+        self.streak_reasons[reason] += 1
+        n = self.per_reason[reason]
+        if n <= WARNINGS_PER_REASON and self.logged < MAX_WARNINGS:
+            self.logged += 1
+            where = f"sample {key} in {url}" if key else url
+            more = " (further skips for this reason are counted, summarised at the end)"
+            detail = f" [{detail}]" if detail else ""
+            log.warning(
+                "skipping %s: %s%s%s", where, reason, detail, more if n == WARNINGS_PER_REASON else ""
+            )
+        self.attempt(url)
+
+    def attempt(self, url: str) -> None:
+        self.streak += 1
+        self.streak_shards[url] = None
+        if self.streak >= self.max_streak:
+            raise DataError(
+                f"no usable sample in {name_shards(list(self.streak_shards))} after {self.streak} "
+                f"attempts in a row (data.max_consecutive_skips): {top_reasons(self.streak_reasons)}"
+            )
+
+    def success(self) -> None:
+        self.used += 1
+        self.streak = 0
+        self.streak_reasons.clear()
+        self.streak_shards.clear()
+
+    def summarise(self) -> None:
+        if not self.counts:
+            return
+        worst = "; ".join(f"{url}: {reason} x{n}" for (url, reason), n in self.counts.most_common(10))
+        more = f"; ... {len(self.counts) - 10} more (shard, reason) pairs" if len(self.counts) > 10 else ""
+        log.warning("skipped %d sample(s) or shard part(s) in this pass: %s%s", self.total, worst, more)
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
 
 
 def decode_image(raw: bytes) -> Image.Image:
-    with Image.open(io.BytesIO(raw)) as img:
-        img.load()  # forces the full decode so a truncated file fails here, not in a transform
-        return img.convert("RGB")
+    """A shard's image bytes as upright RGB; raises `ImageError` (undecodable, bomb, odd mode)."""
+    # The curation loader: its header pixel limit stops a decompression bomb before any decode,
+    # and every way an image can be bad arrives as one exception type with a short reason.
+    return load_image(raw)
+
+
+def _text(raw: object) -> str:
+    if not isinstance(raw, bytes):
+        return str(raw)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exn:
+        raise _BadSample("caption is not UTF-8", str(exn)) from exn
+
+
+def _taxon(raw: object) -> Taxon:
+    try:
+        return decode_taxon(raw)
+    except ValueError as exn:  # bad JSON, bad UTF-8 or not an object
+        raise _BadSample(f"bad {TAXON_FILE}", str(exn)) from exn
 
 
 def sample_texts(sample: dict, text_types: Sequence[str]) -> list[str]:
@@ -83,14 +219,14 @@ def sample_texts(sample: dict, text_types: Sequence[str]) -> list[str]:
     for tt in text_types:
         raw = sample.get(CAPTION_FILES[tt])
         if raw:
-            out.append(raw.decode("utf-8") if isinstance(raw, bytes) else str(raw))
+            out.append(_text(raw))
             continue
         if taxon is None:
             if TAXON_FILE not in sample:
-                raise _BadSample(f"{sample.get('__key__')}: no {CAPTION_FILES[tt]} and no {TAXON_FILE}")
-            taxon = decode_taxon(sample[TAXON_FILE])
+                raise _BadSample(f"no {CAPTION_FILES[tt]} and no {TAXON_FILE}")
+            taxon = _taxon(sample[TAXON_FILE])
         if not taxon.taxonomic_name and not taxon.common:
-            raise _BadSample(f"{sample.get('__key__')}: empty taxon")
+            raise _BadSample("empty taxon")
         out.append(caption(taxon, tt))
     return out
 
@@ -109,6 +245,7 @@ class StreamConfig:
     partial: bool = True
     num_workers: int = 1  # loader processes sharing this stream (0 counts as 1)
     split_by_rank: bool = True  # False for evaluation, which runs on global rank 0 alone
+    max_consecutive_skips: int = 2000  # attempts in a row without a usable sample before DataError
 
 
 class ShardStream(IterableDataset):
@@ -116,16 +253,34 @@ class ShardStream(IterableDataset):
 
     def __init__(self, config: StreamConfig):
         super().__init__()
+        if config.batch_size < 1 or config.max_consecutive_skips < 1:
+            raise ValueError(
+                f"batch_size and max_consecutive_skips must be positive, got {config.batch_size}"
+                f" and {config.max_consecutive_skips}"
+            )
         self.cfg = config
         self.epoch = 0  # set by the DataModule each epoch so resampling differs between epochs
-        # Shared memory, inherited by the loader workers: every process adds what it drops.
+        # Shared memory, inherited by the loader workers: every process adds what it drops, and
+        # at the end of its pass what it used and why it skipped (for the empty-epoch error).
         self.skipped = mp.Value("q", 0)
+        self.used = mp.Value("q", 0)
+        self.reasons = mp.Array("c", 4096)
+        self._log = SkipLog(config.max_consecutive_skips)
+        self._url = ""  # the shard being read, for errors that do not say
 
-    def _skip(self, reason: object) -> bool:
+    def _count_skip(self) -> None:
         with self.skipped.get_lock():
             self.skipped.value += 1
-        log.warning("skipping unreadable sample or shard data: %s", reason)
-        return True  # tells webdataset's handler protocol to continue
+
+    def _skip(self, url: str, key: str | None, reason: str, detail: str = "") -> None:
+        self._count_skip()
+        self._log.skip(url, key, reason, detail)
+
+    def _on_shard_error(self, exn: Exception) -> bool:
+        # webdataset's handler protocol: True continues with the next member or shard.
+        url = next((a for a in reversed(exn.args) if isinstance(a, str) and a in self.cfg.urls), self._url)
+        self._skip(url, None, shard_error_reason(exn, url))
+        return True
 
     def __len__(self) -> int:
         # Only resampled streams have a length: their epoch is fixed by config. Lightning reads it
@@ -150,16 +305,56 @@ class ShardStream(IterableDataset):
         yield from urls[rank * workers + worker :: world * workers]
 
     def _checked_shards(self) -> Iterator[dict]:
+        tried: set[str] = set()
+        every = set(self.cfg.urls)
         for url in self._shard_urls():
-            if os.path.isfile(url) and not has_tar_end(url):
-                self._skip(
-                    f"{url} is truncated (no end-of-archive marker): its tail is lost, the rest is read"
+            if self.cfg.resampled and self._log.read == 0 and tried >= every:
+                # Drawing again could never help: every shard was opened and none held a sample.
+                raise DataError(
+                    f"no sample in any of {name_shards(self.cfg.urls)}: all are empty or unreadable "
+                    f"({top_reasons(self._log.per_reason)})"
                 )
+            tried.add(url)
+            self._url = url
+            self._log.attempt(url)
+            if os.path.isfile(url):
+                if os.path.getsize(url) == 0:
+                    self._skip(url, None, "empty file (0 bytes)")
+                    continue
+                if not has_tar_end(url):
+                    self._skip(url, None, "truncated shard (no end-of-archive marker): the rest is read")
             yield {"url": url}
 
     def _stream_seed(self) -> int:
         rank, _, worker, _ = _worker_info()
         return hash((self.cfg.seed, self.epoch, rank if self.cfg.split_by_rank else 0, worker)) & 0x7FFFFFFF
+
+    def _read(self, stream: Iterator[dict]) -> Iterator[dict]:
+        for sample in stream:
+            self._log.read += 1
+            yield sample
+
+    def _prepare(self, sample: dict, tokenizer: Callable | None) -> dict:
+        """One raw sample as the model's input; raises `_BadSample` with the reason to count."""
+        raw = next((sample[k] for k in IMAGE_KEYS if k in sample), None)
+        if raw is None:
+            raise _BadSample("no image")
+        try:
+            image = decode_image(raw)
+        except ImageError as exn:
+            raise _BadSample(f"image {exn.reason.split(':')[0]}", exn.reason) from exn
+        out: dict = {"image": self.cfg.image_transform(image), "key": sample["__key__"]}
+        if tokenizer is None:
+            if TAXON_FILE not in sample:
+                raise _BadSample(f"no {TAXON_FILE}")
+            out["taxon"] = _taxon(sample[TAXON_FILE])
+            return out
+        texts = sample_texts(sample, self.cfg.text_types)
+        try:
+            out["text"] = tokenizer(texts)
+        except (ValueError, TypeError, IndexError, KeyError) as exn:
+            raise _BadSample("caption cannot be tokenized", f"{type(exn).__name__}: {exn}") from exn
+        return out
 
     def _samples(self) -> Iterator[dict]:
         cfg = self.cfg
@@ -171,43 +366,94 @@ class ShardStream(IterableDataset):
             torch.manual_seed(seed)
             random.seed(seed)
         tokenizer = get_tokenizer(cfg.context_length) if cfg.text_types else None
-        stream = wds.tarfile_to_samples(handler=self._skip)(self._checked_shards())
+        stream = self._read(wds.tarfile_to_samples(handler=self._on_shard_error)(self._checked_shards()))
         if cfg.shuffle_buffer:
             stream = wds.shuffle(
                 cfg.shuffle_buffer, initial=min(cfg.shuffle_buffer, 100), rng=random.Random(seed)
             )(stream)
         for sample in stream:
             try:
-                raw = next((sample[k] for k in IMAGE_KEYS if k in sample), None)
-                if raw is None:
-                    raise _BadSample(f"{sample.get('__key__')}: no image")
-                image = cfg.image_transform(decode_image(raw))
-                out: dict = {"image": image, "key": sample["__key__"]}
-                if tokenizer is not None:
-                    out["text"] = tokenizer(sample_texts(sample, cfg.text_types))
-                else:
-                    if TAXON_FILE not in sample:
-                        raise _BadSample(f"{sample.get('__key__')}: no {TAXON_FILE}")
-                    out["taxon"] = decode_taxon(sample[TAXON_FILE])
-            except (_BadSample, OSError, ValueError, SyntaxError, json.JSONDecodeError) as exn:
-                self._skip(exn)
+                out = self._prepare(sample, tokenizer)
+            except _BadSample as exn:
+                self._skip(sample.get("__url__", self._url), sample.get("__key__"), exn.reason, exn.detail)
                 continue
+            self._log.success()
             yield out
 
     def __iter__(self) -> Iterator[dict]:
         cfg = self.cfg
+        self._log = SkipLog(cfg.max_consecutive_skips)
         count = 0
         batch: list[dict] = []
-        for sample in self._samples():
-            batch.append(sample)
-            if len(batch) == cfg.batch_size:
+        try:
+            for sample in self._samples():
+                batch.append(sample)
+                if len(batch) == cfg.batch_size:
+                    yield collate(batch)
+                    batch = []
+                    count += 1
+                    if cfg.batches_per_worker is not None and count >= cfg.batches_per_worker:
+                        return
+            if batch and cfg.partial:
                 yield collate(batch)
-                batch = []
-                count += 1
-                if cfg.batches_per_worker is not None and count >= cfg.batches_per_worker:
-                    return
-        if batch and cfg.partial:
-            yield collate(batch)
+        finally:
+            self._log.summarise()
+            self._share_pass()
+
+    def _share_pass(self) -> None:
+        """Add this process's usable count and skip reasons to the memory the loader reads."""
+        with self.used.get_lock():
+            self.used.value += self._log.used
+        with self.reasons.get_lock():
+            merged = Counter(json.loads(self.reasons.value or b"{}")) + self._log.per_reason
+            text = json.dumps(dict(merged.most_common(5))).encode()
+            self.reasons.value = text if len(text) < len(self.reasons) else b"{}"
+
+    def start_epoch(self) -> None:
+        """Clear what the previous pass shared (main process, before the workers start)."""
+        with self.used.get_lock():
+            self.used.value = 0
+        with self.reasons.get_lock():
+            self.reasons.value = b""
+
+    def empty_epoch_error(self) -> DataError:
+        """The error for a whole pass (all workers) that gave no batch."""
+        shards = name_shards(self.cfg.urls)
+        used = int(self.used.value)
+        if used == 0:
+            reasons = top_reasons(Counter(json.loads(self.reasons.value or b"{}")))
+            return DataError(f"no usable sample in {shards} in a whole pass (epoch): {reasons}")
+        return DataError(
+            f"an epoch of {shards} gave no batch: {used} usable sample(s), fewer than one batch of "
+            f"{self.cfg.batch_size} per loader worker (incomplete batches are dropped in training)"
+        )
+
+
+class ShardLoader(DataLoader):
+    """A DataLoader over a `ShardStream` whose every pass must give a batch.
+
+    A worker only sees its own shards, so only the loader knows that the whole epoch was empty:
+    then it raises the stream's `DataError` instead of ending an epoch of zero steps in silence.
+    """
+
+    def __iter__(self) -> Iterator[dict]:  # type: ignore[override]
+        stream = self.dataset
+        assert isinstance(stream, ShardStream)
+        stream.start_epoch()
+        batches = 0
+        batches_iter = super().__iter__()
+        try:
+            for batch in batches_iter:
+                batches += 1
+                yield batch
+        finally:
+            # Stop the workers now: after an error the iterator lives on in the traceback, and its
+            # workers would otherwise linger until it is collected (10 s of shutdown waits).
+            shutdown = getattr(batches_iter, "_shutdown_workers", None)
+            if shutdown is not None:
+                shutdown()
+        if batches == 0:
+            raise stream.empty_epoch_error()
 
 
 def collate(samples: list[dict]) -> dict:

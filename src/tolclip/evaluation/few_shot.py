@@ -14,8 +14,8 @@ separately, take that class's image indices in ascending order, draw
 class's shuffle does not depend on the other classes), and reorder the indices by it:
 ``shuffled = idx[perm]``.
 
-SimpleShot with ``k`` shots. A class with fewer than ``k + 1`` images cannot give a query, so it
-is left out of that ``k`` entirely: its images are neither support nor query, its centroid does not
+SimpleShot with ``k`` shots. A k-shot episode needs k support images plus at least one query per
+class (``k + 1`` images). A class with fewer cannot give a query, so it is left out of that ``k`` entirely: its images are neither support nor query, its centroid does not
 compete, and the count is reported as ``classes_left_out``. For each remaining class the first ``k``
 shuffled indices are support and the rest are queries. Features are taken in float64, then CL2N:
 subtract the mean of the support features of the fold (all kept classes; SimpleShot's paper uses a
@@ -30,12 +30,14 @@ the test split), in float64. For each class the first ``n_train = min(n_c - 1, m
 floor(train_fraction * n_c + 1e-9)))`` shuffled indices train and the rest test; classes with fewer
 than 2 images are left out. A multinomial scikit-learn ``LogisticRegression(solver="lbfgs", C,
 max_iter)`` is fitted on the training rows, ordered class by class (class id order), then by
-shuffled order, and scored on the test rows. If a single class is kept, its prediction is that
-class (scikit-learn cannot fit one class).
+shuffled order, and scored on the test rows.
 
 Reporting. Accuracy is a fraction in [0, 1], one per fold; ``mean`` is their mean and ``std``
-their population standard deviation (ddof=0). When no class can be evaluated, every fold is NaN
-and ``classes == 0`` (nothing raises: the caller sees it in the table).
+their population standard deviation (ddof=0). ``classes`` and ``images`` say what the number was
+computed on, ``classes_left_out`` what was too small, ``chance`` is 1 / ``classes`` (uniform guessing
+among the classes used). One rule for every measure: with fewer than ``MIN_CLASSES`` (2) usable
+classes nothing is computed (a single class would score a meaningless 100%); every fold is NaN,
+``computed`` is False and ``reason`` says why (nothing raises: the caller reports it).
 """
 
 from __future__ import annotations
@@ -50,6 +52,9 @@ from sklearn.linear_model import LogisticRegression
 
 from tolclip.evaluation.metrics import l2_normalise
 
+# Fewer usable classes than this and a measure is not computed: one class is trivially 100%.
+MIN_CLASSES = 2
+
 
 @dataclass
 class FewShotResult:
@@ -61,6 +66,17 @@ class FewShotResult:
     classes: int  # classes evaluated
     classes_left_out: int  # classes too small for this protocol
     queries: int  # queries (test images) per fold, the same in every fold
+    images: int = 0  # images used per fold (support + queries, or train + test)
+    reason: str = ""  # why nothing was computed; "" when it was
+
+    @property
+    def computed(self) -> bool:
+        return self.classes >= MIN_CLASSES
+
+    @property
+    def chance(self) -> float | None:
+        """Accuracy of uniform guessing among the classes used (the subset, not the whole task)."""
+        return 1.0 / self.classes if self.computed else None
 
     @property
     def mean(self) -> float:
@@ -179,18 +195,27 @@ def simpleshot(
     x, codes = _checked(features, labels)
     sizes = np.bincount(codes)
     kept = int((sizes >= k + 1).sum())
+    if kept < MIN_CLASSES:
+        why = _too_few(kept, sizes.size, f"{k + 1} images ({k} support + 1 query)", int(sizes.max()))
+        return FewShotResult("simpleshot", k, [math.nan] * folds, kept, sizes.size - kept, 0, 0, why)
     accuracies: list[float] = []
     queries = 0
     for f in range(folds):
         support, query = fold_indices(codes, k, f)
-        if kept == 0:
-            accuracies.append(math.nan)
-            continue
         s, q = cl2n(x[support], x[query])
         pred = nearest_centroid(s, codes[support], q)
         queries = query.size
         accuracies.append(float(np.count_nonzero(pred == codes[query])) / queries)
-    return FewShotResult("simpleshot", k, accuracies, kept, sizes.size - kept, queries)
+    images = int(sizes[sizes >= k + 1].sum())  # every image of a kept class is support or query
+    return FewShotResult("simpleshot", k, accuracies, kept, sizes.size - kept, queries, images)
+
+
+def _too_few(kept: int, present: int, need: str, largest: int) -> str:
+    """The one wording of "not computed" for every measure."""
+    return (
+        f"only {kept} of {present} classes have {need}; at least {MIN_CLASSES} are needed "
+        f"(largest class: {largest} images)"
+    )
 
 
 def _probe_split(shuffled: list[np.ndarray], train_fraction: float) -> tuple[np.ndarray, np.ndarray]:
@@ -225,18 +250,16 @@ def linear_probe(
     x = l2_normalise(x)
     sizes = np.bincount(codes)
     kept = int((sizes >= 2).sum())
+    if kept < MIN_CLASSES:
+        why = _too_few(kept, sizes.size, "2 images (1 train + 1 test)", int(sizes.max()))
+        return FewShotResult("linear_probe", None, [math.nan] * folds, kept, sizes.size - kept, 0, 0, why)
     accuracies: list[float] = []
     queries = 0
     for f in range(folds):
         train, test = _probe_split(_shuffled_classes(codes, f), train_fraction)
-        if kept == 0:
-            accuracies.append(math.nan)
-            continue
         queries = test.size
-        if kept == 1:
-            accuracies.append(1.0)  # one class: every test image is trivially right
-            continue
         clf = LogisticRegression(C=C, max_iter=max_iter, solver="lbfgs")
         clf.fit(x[train], codes[train])
         accuracies.append(float(np.count_nonzero(clf.predict(x[test]) == codes[test])) / queries)
-    return FewShotResult("linear_probe", None, accuracies, kept, sizes.size - kept, queries)
+    images = int(sizes[sizes >= 2].sum())
+    return FewShotResult("linear_probe", None, accuracies, kept, sizes.size - kept, queries, images)

@@ -34,7 +34,7 @@ from tolclip.core.templates import templates_for
 from tolclip.core.tokenizer import get_tokenizer
 from tolclip.data.transforms import Preprocess
 from tolclip.evaluation.features import FeatureCache, extract_image_features, file_stamp
-from tolclip.evaluation.few_shot import linear_probe, simpleshot
+from tolclip.evaluation.few_shot import FewShotResult, linear_probe, simpleshot
 from tolclip.evaluation.hierarchy import mistake_severity, rank_consistency, summed_rank_accuracy
 from tolclip.evaluation.intrinsic import embed_2d, plot_ranks, silhouette_per_rank, tree_distance_correlation
 from tolclip.evaluation.metrics import top_k_accuracy
@@ -196,7 +196,11 @@ def _zero_shot(
     per_class = per_class_accuracy(pred, x.labels, len(task.classes))
     seen = [a for a in per_class if a is not None]
     top1, top5 = top_k_accuracy(logits, x.labels)
-    out: dict[str, Any] = {"zero_shot": {"top1": top1, "top5": top5, "mean_per_class": sum(seen) / len(seen)}}
+    zero_shot = {"top1": top1, "top5": top5, "mean_per_class": sum(seen) / len(seen), "computed": True}
+    # Every class competes, so chance is over the task; a class whose images were all unreadable is
+    # scored on no image, which the coverage shows as a class left out.
+    zero_shot |= coverage(len(seen), len(task.classes), len(x.labels), 1.0 / len(task.classes))
+    out: dict[str, Any] = {"zero_shot": zero_shot}
     if out_dir is not None:
         _write_per_class(out_dir / "per_class.csv", task, per_class, x.labels)
     if _has_taxa(task) and cfg.get("rank_level", True):
@@ -240,20 +244,50 @@ def _direct_accuracy(direct: RankPredictions, taxa: Sequence[Taxon]) -> dict[str
     return out
 
 
-def _few_shot(x: _Features, few: Mapping[str, Any]) -> dict[str, Any]:
+# The rule behind every few-shot number, written next to it in results.json and under the table.
+SHOT_RULE = (
+    "a k-shot episode needs k support images plus at least 1 query per class; smaller classes are left out"
+)
+PROBE_RULE = "the linear probe needs 1 train and 1 test image per class; smaller classes are left out"
+
+
+def coverage(
+    classes_used: int, classes_in_task: int, images_used: int, chance: float | None
+) -> dict[str, Any]:
+    """What a measure was computed on, in the same keys for every measure (the report reads these)."""
+    return {
+        "classes_used": classes_used,
+        "classes_in_task": classes_in_task,
+        "classes_left_out": classes_in_task - classes_used,
+        "images_used": images_used,
+        "chance": chance,  # for the classes used, not the whole task
+        "partial": classes_used < classes_in_task,
+    }
+
+
+def few_shot_entry(r: FewShotResult, classes_in_task: int, rule: str) -> dict[str, Any]:
+    """One few-shot measure for results.json: a number with its coverage, or "not computed" and why.
+
+    Classes with no readable image never reach the protocol, so they are counted as left out here
+    against the task's classes: a 3-of-520 figure must say 3/520, not 3/3.
+    """
+    entry: dict[str, Any] = {"computed": r.computed}
+    if r.computed:
+        entry |= {"mean": r.mean, "std": r.std, "folds": r.folds}
+    else:
+        entry |= {"mean": None, "std": None, "folds": [], "reason": r.reason}
+    entry |= {"classes": r.classes, "queries": r.queries, "rule": rule}
+    return entry | coverage(r.classes, classes_in_task, r.images, r.chance)
+
+
+def _few_shot(x: _Features, few: Mapping[str, Any], classes_in_task: int) -> dict[str, Any]:
     """SimpleShot for every k and a linear probe, on the frozen features (folds as `few` says)."""
     folds = int(few.get("folds", 5))
     labels = x.labels.tolist()
     out: dict[str, Any] = {}
     for k in few.get("ks", (1, 5)):
         r = simpleshot(x.feats, labels, int(k), folds)
-        out[f"{k}_shot"] = {
-            "mean": r.mean,
-            "std": r.std,
-            "folds": r.folds,
-            "classes": r.classes,
-            "classes_left_out": r.classes_left_out,
-        }
+        out[f"{k}_shot"] = few_shot_entry(r, classes_in_task, SHOT_RULE)
     probe = few.get("linear_probe", {}) or {}
     if probe.get("enabled", True):
         r = linear_probe(
@@ -264,7 +298,7 @@ def _few_shot(x: _Features, few: Mapping[str, Any]) -> dict[str, Any]:
             float(probe.get("C", 1.0)),
             int(probe.get("max_iter", 1000)),
         )
-        out["linear_probe"] = {"mean": r.mean, "std": r.std, "folds": r.folds}
+        out["linear_probe"] = few_shot_entry(r, classes_in_task, PROBE_RULE)
     return out
 
 
@@ -324,7 +358,7 @@ def evaluate(
         result |= _zero_shot(model, task, cfg, cache, x, out_dir)
     few = cfg.get("few_shot", {}) or {}
     if few.get("enabled", True):
-        result["few_shot"] = _few_shot(x, few)
+        result["few_shot"] = _few_shot(x, few, len(task.classes))
     intrinsic = cfg.get("intrinsic", {}) or {}
     if _has_taxa(task) and intrinsic.get("enabled", True):
         plots_dir = out_dir / "plots" if out_dir is not None else None
@@ -347,10 +381,24 @@ def _write_per_class(path: Path, task: Task, per_class: list[float | None], labe
 
 
 def summary_line(result: Mapping[str, Any]) -> str:
+    """One line per run: every measure with what it was computed on, never a bare subset figure."""
     parts = [f"{result['model']} on {result['task']}"]
     if "zero_shot" in result:
-        parts.append(f"zero-shot top-1 {100 * result['zero_shot']['top1']:.1f}%")
+        parts.append(
+            f"zero-shot top-1 {100 * result['zero_shot']['top1']:.1f}%{_subset(result['zero_shot'])}"
+        )
     for name, r in (result.get("few_shot") or {}).items():
-        if r.get("mean") is not None:
-            parts.append(f"{name.replace('_', '-')} {100 * r['mean']:.1f}±{100 * r['std']:.1f}%")
+        label = name.replace("_", "-").replace("linear-probe", "linear probe")
+        if r.get("mean") is None:
+            parts.append(f"{label} not computed ({r.get('reason', 'no usable class')})")
+        else:
+            parts.append(f"{label} {100 * r['mean']:.1f}±{100 * r['std']:.1f}%{_subset(r)}")
     return ", ".join(parts)
+
+
+def _subset(entry: Mapping[str, Any]) -> str:
+    if not entry.get("partial"):
+        return ""
+    chance = entry.get("chance")
+    odds = f", chance {100 * chance:.1f}%" if chance is not None else ""
+    return f" ({entry['classes_used']}/{entry['classes_in_task']} cls{odds})"

@@ -6,7 +6,9 @@ The Hydra entry point is `tolclip.cli.train`; tests and sweeps call `train(cfg)`
 from __future__ import annotations
 
 import logging
+import tarfile
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,7 @@ import hydra
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
+from tolclip.data.stream import expand_shards
 from tolclip.training.callbacks import ZeroShotEvaluation
 
 log = logging.getLogger(__name__)
@@ -42,30 +45,83 @@ def instantiate_all(cfg: DictConfig) -> tuple[L.LightningDataModule, L.Lightning
 
 
 def resolve_ckpt(ckpt_path: str | None, output_dir: str) -> str | None:
+    """The checkpoint to resume from, checked now: a bad file must not cost a start-up and a crash."""
     if ckpt_path == "last":
         path = Path(output_dir) / "checkpoints" / "last.ckpt"
         if not path.exists():
             raise FileNotFoundError(f"ckpt_path=last but {path} does not exist")
-        return str(path)
-    if ckpt_path and not Path(ckpt_path).exists():
-        raise FileNotFoundError(f"checkpoint {ckpt_path} does not exist")
+        ckpt_path = str(path)
+    if ckpt_path:
+        check_checkpoint_file(ckpt_path)
     return ckpt_path
+
+
+def check_checkpoint_file(ckpt_path: str, key: str = "ckpt_path") -> None:
+    """A Lightning checkpoint is a torch zip archive, whose directory sits at its end: a text file or
+    a truncated copy fails this cheap test without reading the tensors."""
+    path = Path(ckpt_path)
+    if not path.exists():
+        raise FileNotFoundError(f"{key}: checkpoint {ckpt_path} does not exist")
+    if not path.is_file():
+        raise IsADirectoryError(f"{key}: {ckpt_path} is not a file (give the .ckpt file itself)")
+    if not zipfile.is_zipfile(path):
+        raise ValueError(
+            f"{key}: {ckpt_path} is not a readable checkpoint (not a complete torch archive: "
+            "truncated, or another kind of file)"
+        )
+
+
+def _has_a_sample(url: str) -> bool:
+    """True when a local shard is a tar with at least one member (only its first header is read)."""
+    try:
+        with tarfile.open(url) as tar:
+            return tar.next() is not None
+    except (OSError, tarfile.TarError):
+        return False
+
+
+def check_shard_set(key: str, spec: str | list[str]) -> list[str]:
+    """The shard URLs of one config key; a typo or a set of only empty/unreadable shards names the key."""
+    try:
+        urls = expand_shards(spec)
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"{key}: {err}") from None
+    local = [u for u in urls if not (u.startswith("pipe:") or "://" in u)]
+    if local and len(local) == len(urls) and not any(_has_a_sample(u) for u in local):
+        raise ValueError(f"{key}: all {len(local)} shard(s) are empty or not tar files, e.g. {local[0]}")
+    return urls
+
+
+def check_data(datamodule: L.LightningDataModule, train: bool = True) -> None:
+    """Fail fast on the data config: sizes, train shards, every eval set (after `prepare_data`, which
+    writes the synthetic shards), so a typo ends the run before the first step, not after training."""
+    for name in ("batch_size", "eval_batch_size"):
+        value = getattr(datamodule, name, 1)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"data.{name} must be a positive integer, not {value!r}")
+    if train and getattr(datamodule, "train_shards", None) is not None:
+        check_shard_set("data.train_shards", datamodule.train_shards)
+    for name, spec in (getattr(datamodule, "eval_sets", None) or {}).items():
+        check_shard_set(f"data.eval_sets.{name}", spec)
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Run one training job; returns the trainer's final metrics and the zero-shot results."""
     L.seed_everything(cfg.seed, workers=True)
+    # Every path is checked before anything is logged or trained: the checkpoint first (cheap), the
+    # shards after prepare_data, which writes the synthetic set (Lightning's own call reuses it).
+    ckpt_path = resolve_ckpt(cfg.get("ckpt_path"), cfg.paths.output_dir)
     datamodule, model, trainer = instantiate_all(cfg)
     hparams = {
         k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
         for k, v in cfg.items()
         if k != "hydra"
     }
+    datamodule.prepare_data()
+    check_data(datamodule)
     for logger in trainer.loggers:
         logger.log_hyperparams(hparams)
-    trainer.fit(
-        model, datamodule=datamodule, ckpt_path=resolve_ckpt(cfg.get("ckpt_path"), cfg.paths.output_dir)
-    )
+    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     zero_shot = next((c for c in trainer.callbacks if isinstance(c, ZeroShotEvaluation)), None)
     return {
         "metrics": {k: float(v) for k, v in trainer.callback_metrics.items()},
