@@ -38,8 +38,8 @@ random-openclip: $(STAMP) ## write random open_clip ViT-B/16 and B/32 release fo
 	$(PY) scripts/make_random_openclip.py data/checkpoints/random-openclip-vit-b16 --model ViT-B-16-quickgelu
 	$(PY) scripts/make_random_openclip.py data/checkpoints/random-openclip-vit-b32 --model ViT-B-32-quickgelu
 
-build-shards: $(STAMP) ## build one shard set from all of ../shared/data/sources into data/shared_sources (ARGS= for overrides)
-	$(TOLCLIP) build-shards --config-name build/shared_sources $(ARGS)
+build-shards: $(STAMP) ## build one shard set from all of ../shared/data/sources into data/shared_sources, replacing an earlier build there (ARGS= for overrides)
+	$(TOLCLIP) build-shards --config-name build/shared_sources build.overwrite=true $(ARGS)
 
 test: $(STAMP) ## run the test suite
 	$(PY) -m pytest -q $(ARGS)

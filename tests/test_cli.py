@@ -123,3 +123,36 @@ def test_installed_wheel_trains_from_another_directory(tmp_path: Path) -> None:
     saved = (run_dir / ".hydra" / "config.yaml").read_text()
     assert "from_my_configs" in saved and "\nseed: 7\n" in saved
     assert (work / "data" / "synthetic" / "manifest.json").is_file()
+
+
+@pytest.mark.slow
+def test_ddp_ranks_relaunched_by_lightning_share_one_run_folder(tmp_path: Path) -> None:
+    """Lightning starts rank 1 from sys.argv: `tolclip train` must come back as itself, subcommand included."""
+    done = run(
+        [
+            str(TOLCLIP),
+            "train",
+            "model=micro",
+            "logger=csv",
+            "trainer.accelerator=cpu",
+            "trainer.devices=2",
+            "+trainer.strategy=ddp",
+            "trainer.max_steps=3",
+            "trainer.max_epochs=1",
+            "data.num_workers=0",
+            "~callbacks.progress_bar",
+            "callbacks.zero_shot.templates=single",
+            "callbacks.zero_shot.text_types=[taxon]",
+            "+data.generate.train_per_species=2",
+            "+data.generate.val_per_species=1",
+            "+data.generate.unseen_per_species=1",
+        ],
+        cwd=tmp_path,
+        timeout=400,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "GLOBAL_RANK: 1, MEMBER: 2/2" in done.stdout + done.stderr
+    (run_dir,) = (tmp_path / "logs" / "train" / "runs").iterdir()
+    assert (run_dir / "train_ddp_process_1.log").is_file() and (
+        run_dir / "checkpoints" / "last.ckpt"
+    ).is_file()

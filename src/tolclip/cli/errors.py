@@ -105,11 +105,16 @@ class RememberRunFolder(Callback):
     ends, so the folder an error's traceback belongs in is noted when the job starts."""
 
     folder: Path | None = None
+    relaunch_argv: list[str] | None = None
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         from hydra.core.hydra_config import HydraConfig
 
         RememberRunFolder.folder = Path(HydraConfig.get().runtime.output_dir)
+        if RememberRunFolder.relaunch_argv is not None:
+            # Lightning starts the other DDP ranks as `python <argv[0]> <argv[1:]>` (or `-m <main
+            # module>`): now that Hydra has read its overrides, put the subcommand back for them.
+            sys.argv = list(RememberRunFolder.relaunch_argv)
 
 
 def _run_log_dir() -> Path | None:
@@ -138,7 +143,9 @@ def run_hydra_command(command: str, function: Callable[[], object], args: list[s
     args = quote_brace_ranges(args[1:] if debug else args)
     full = debug or os.environ.get("HYDRA_FULL_ERROR") == "1"
     saved_argv, saved_env = sys.argv, os.environ.get("HYDRA_FULL_ERROR")
-    sys.argv = [f"tolclip {command}", *args]  # Hydra parses sys.argv itself
+    argv0 = saved_argv[0] if saved_argv else "tolclip"
+    sys.argv = [argv0, *args]  # Hydra parses sys.argv itself
+    RememberRunFolder.relaunch_argv = [argv0, command, *args]
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra re-raises instead of printing its own trace
     run_folder.fresh()
     RememberRunFolder.folder = None  # an earlier run's (in-process callers) is not this one's

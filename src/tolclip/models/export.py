@@ -18,8 +18,11 @@ from tolclip.models.loading import LoadedModel
 from tolclip.models.open_clip_config import CONFIG_FILE, open_clip_kwargs
 from tolclip.models.open_clip_state_dict import ours_state_dict_to_open_clip
 from tolclip.models.towers import CLIP
-from tolclip.models.weights import _FOLDER_WEIGHTS as FOLDER_WEIGHTS  # the names open_clip reads
-from tolclip.models.weights import BIN_FILE, SAFETENSORS_FILE
+from tolclip.models.weights import (
+    BIN_FILE,
+    FOLDER_WEIGHTS,  # the names open_clip reads
+    SAFETENSORS_FILE,
+)
 
 __all__ = ["EXPORT_FILES", "export_open_clip"]
 

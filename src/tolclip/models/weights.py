@@ -32,7 +32,7 @@ __all__ = ["BIN_FILE", "SAFETENSORS_FILE", "Release", "net_from_open_clip", "rea
 SAFETENSORS_FILE = "open_clip_model.safetensors"
 BIN_FILE = "open_clip_pytorch_model.bin"
 # Weight files of a release folder, in open_clip's order of preference (factory._find_checkpoint_in_dir).
-_FOLDER_WEIGHTS = (
+FOLDER_WEIGHTS = (
     SAFETENSORS_FILE,
     "open_clip_pytorch_model.safetensors",
     BIN_FILE,
@@ -108,11 +108,11 @@ def read_release(folder: Path, quick_gelu: bool | None) -> Release:
 
 
 def _folder_weights(folder: Path) -> Path:
-    for name in _FOLDER_WEIGHTS:
+    for name in FOLDER_WEIGHTS:
         if (folder / name).is_file():
             return folder / name
     raise FileNotFoundError(
-        f"{folder} has {CONFIG_FILE} but no weights file (expected one of {list(_FOLDER_WEIGHTS)})"
+        f"{folder} has {CONFIG_FILE} but no weights file (expected one of {list(FOLDER_WEIGHTS)})"
     )
 
 
