@@ -7,6 +7,7 @@ never a hang (every test runs under an alarm), never exit 0 with a catalog the s
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import os
@@ -350,3 +351,23 @@ def test_check_reports_damaged_samples_without_crashing(tmp_path: Path) -> None:
     second = [p for p in problems if p.startswith("shard-000001.tar")]
     assert "shard-000001.tar: truncated shard (no end-of-archive marker)" in second
     assert any("unreadable shard" in p for p in second)
+
+
+def test_file_system_oddities_in_a_source_are_reported_not_fatal(source: Path, tmp_path: Path) -> None:
+    """Folder-link loops, a second path to the same photos, dangling links and odd file names: each
+    input ends in the catalog or skipped.csv, and the build's shards check clean."""
+    (source / "corvus" / "loop").symlink_to(source / "corvus")  # a loop back to its own folder
+    (source / "pica" / "again").symlink_to(source / "amanita")  # a second path to photos walked later
+    (source / "amanita" / "gone.png").symlink_to(tmp_path / "nowhere.png")  # dangling
+    odd = ["new\nline.png", 'comma, "quote".png', "ünïcode 名前.png", os.fsdecode(b"bad-\xff-bytes.png")]
+    for n, name in enumerate(odd):
+        (source / "corvus" / name).write_bytes(_png(100 + n))
+    out = tmp_path / "out"
+    stats = build(_config(source, out))
+    skipped = (out / "skipped.csv").read_text(encoding="utf-8")
+    assert "folder link to a folder already walked" in skipped and "gone.png" in skipped
+    with (out / "catalog.csv").open(newline="", encoding="utf-8") as fh:
+        ids = sorted(row["source_id"] for row in csv.DictReader(fh))
+    assert stats["images"] == 9 + len(odd) == len(ids)  # the nine photos once each, every odd name
+    assert "corvus/bad-\\xff-bytes.png" in ids and "corvus/new\nline.png" in ids  # bytes kept as escapes
+    assert check(out) == []

@@ -8,8 +8,13 @@ from typing import Any
 
 
 def sha256_hex(data: bytes | str) -> str:
-    """sha256 hex digest of bytes (or of a string's UTF-8 bytes)."""
-    return hashlib.sha256(data.encode("utf-8") if isinstance(data, str) else data).hexdigest()
+    """sha256 hex digest of bytes (or of a string's UTF-8 bytes).
+
+    A file name that is not valid UTF-8 reaches us with surrogate escapes (os.fsdecode); it hashes
+    as its original bytes instead of failing.
+    """
+    raw = data.encode("utf-8", "surrogateescape") if isinstance(data, str) else data
+    return hashlib.sha256(raw).hexdigest()
 
 
 def fingerprint(*parts: Any, length: int = 20) -> str:

@@ -166,20 +166,42 @@ def _load_names(
 # --------------------------------------------------------------------------------------- folder walks
 
 
-def _walk(folder: Path, problems: list[Problem], base: Path) -> Iterator[Path]:
-    """Image files under `folder`, sorted, recursive; hidden entries skipped, others reported."""
-    with os.scandir(folder) as it:
-        entries = sorted(it, key=lambda e: e.name)
+def _rel_id(path: Path, root: Path) -> str:
+    """`path` relative to `root` as text every report can hold: a file name that is not valid UTF-8
+    keeps its bytes as backslash escapes (`bad-\\xff.png`) instead of failing a CSV, JSON or
+    parquet writer later."""
+    return os.fsencode(path.relative_to(root).as_posix()).decode("utf-8", "backslashreplace")
+
+
+def _walk(folder: Path, problems: list[Problem], base: Path, seen: set[str] | None = None) -> Iterator[Path]:
+    """Image files under `folder`, sorted, recursive; hidden entries skipped, others reported.
+
+    Folder links are followed once: a link back to a folder already walked (a loop, or a second
+    path to the same photos) and a folder that cannot be read are reported, not fatal.
+    """
+    seen = set() if seen is None else seen
+    where = _rel_id(folder, base)
+    real = os.path.realpath(folder)
+    if real in seen:
+        problems.append(Problem(where, "folder link to a folder already walked (loop or duplicate path)"))
+        return
+    seen.add(real)
+    try:
+        with os.scandir(folder) as it:
+            entries = sorted(it, key=lambda e: e.name)
+    except OSError as err:
+        problems.append(Problem(where, f"unreadable folder ({err.strerror or err})"))
+        return
     for entry in entries:
         if entry.name.startswith("."):  # .DS_Store, ._AppleDouble, .ipynb_checkpoints
             continue
         p = Path(entry.path)
         if entry.is_dir():
-            yield from _walk(p, problems, base)
+            yield from _walk(p, problems, base, seen)
         elif Path(entry.name).suffix.lower() in IMAGE_EXTENSIONS:
             yield p
         else:
-            problems.append(Problem(p.relative_to(base).as_posix(), "not an image file (extension)"))
+            problems.append(Problem(_rel_id(p, base), "not an image file (extension)"))
 
 
 def _subdirs(folder: Path) -> list[Path]:
@@ -205,14 +227,14 @@ def _labelled_files(
     for level in [root, *(d for s, d in level_dirs if s)]:
         for f in sorted(level.iterdir()):
             if f.is_file() and not f.name.startswith(".") and _abspath(f) not in ignore:
-                problems.append(Problem(f.relative_to(root).as_posix(), "file outside any label folder"))
+                problems.append(Problem(_rel_id(f, root), "file outside any label folder"))
     if split_names:
         for d in top:
             if d.name not in split_names:
                 for f in _walk(d, problems, root):
                     problems.append(
                         Problem(
-                            f.relative_to(root).as_posix(),
+                            _rel_id(f, root),
                             f"{NOT_SELECTED}: folder not in splits {split_names}",
                         )
                     )
@@ -260,7 +282,7 @@ def image_folder(
             yield SourceRecord(
                 path=f,
                 source=source,
-                source_id=f.relative_to(root_path).as_posix(),
+                source_id=_rel_id(f, root_path),
                 label=label,
                 scientific_name=row.get(scientific_column, ""),
                 common_name=row.get(common_column, "") if common_column else "",
@@ -329,7 +351,7 @@ def imagenet_wnids(
             yield SourceRecord(
                 path=f,
                 source=source,
-                source_id=f.relative_to(root_path).as_posix(),
+                source_id=_rel_id(f, root_path),
                 label=wnid,
                 ranks=dict(ranks),  # a copy each: records must not share a mutable dict
                 scientific_name=name,
