@@ -7,7 +7,7 @@ TOLCLIP := $(VENV)/bin/tolclip
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install build-shards train eval eval-suite random-openclip test test-fast lint format sweep-text-types bench bench-train bench-shards bench-eval clean
+.PHONY: help install build-shards train eval eval-suite random-openclip test test-heavy test-fast lint format sweep-text-types bench bench-train bench-shards bench-eval clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -41,11 +41,14 @@ random-openclip: $(STAMP) ## write random open_clip ViT-B/16 and B/32 release fo
 build-shards: $(STAMP) ## build one shard set from all of ../shared/data/sources into data/shared_sources, replacing an earlier build there (ARGS= for overrides)
 	$(TOLCLIP) build-shards --config-name build/shared_sources build.overwrite=true $(ARGS)
 
-test: $(STAMP) ## run the test suite
-	$(PY) -m pytest -q $(ARGS)
+test: $(STAMP) ## run the test suite (all but the heavy tests: under 10 minutes on 2 cores)
+	$(PY) -m pytest -q -m "not heavy" $(ARGS)
+
+test-heavy: $(STAMP) ## the heavy tests: the default experiment learning, the eval-suite multirun, a 2-rank DDP run
+	$(PY) -m pytest -q -m heavy $(ARGS)
 
 test-fast: $(STAMP) ## tests not marked slow
-	$(PY) -m pytest -q -m "not slow" $(ARGS)
+	$(PY) -m pytest -q -m "not slow and not heavy" $(ARGS)
 
 lint: $(STAMP) ## ruff, ruff format --check, the import-linter layers contract, functions <= 60 lines
 	$(VENV)/bin/ruff check src tests scripts

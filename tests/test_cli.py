@@ -125,6 +125,7 @@ def test_installed_wheel_trains_from_another_directory(tmp_path: Path) -> None:
     assert (work / "data" / "synthetic" / "manifest.json").is_file()
 
 
+@pytest.mark.heavy
 @pytest.mark.slow
 def test_ddp_ranks_relaunched_by_lightning_share_one_run_folder(tmp_path: Path) -> None:
     """Lightning starts rank 1 from sys.argv: `tolclip train` must come back as itself, subcommand included."""

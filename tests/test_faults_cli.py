@@ -8,9 +8,11 @@ their start-up, mostly imports, is what costs time.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -20,9 +22,9 @@ from omegaconf import OmegaConf
 
 from tolclip.cli import run_folder
 from tolclip.cli.errors import quote_brace_ranges, user_message
-from tolclip.data.shards import write_shards
+from tolclip.data.shards import Sample, write_shards
 
-from helpers import make_samples
+from helpers import TAXA, make_samples
 
 TOLCLIP = [sys.executable, "-m", "tolclip"]
 TIMEOUT = 240  # all cases together; a hang fails the test instead of stalling the suite
@@ -38,6 +40,8 @@ def _cases(root: Path) -> dict[str, list[str]]:
     empty = root / "empty" / "shard-000000.tar"
     empty.parent.mkdir()
     tarfile.open(empty, "w").close()
+    unreadable = [Sample(f"bad{i}", b"not an image", TAXA[0], "test", str(i)) for i in range(4)]
+    write_shards(unreadable, root / "unreadable", max_count=4)
     return {
         # A missing shard path, in the README's brace-range form as the shell passes it: it parses now.
         "brace_range": [f"data.train_shards={root}/train/shard-{{000000..000009}}.tar"],
@@ -47,6 +51,7 @@ def _cases(root: Path) -> dict[str, list[str]]:
         "truncated_ckpt": [f"ckpt_path={truncated}"],
         "eval_set_typo": [f"+data.eval_sets.vall={root}/vall/shard-*.tar"],
         "empty_eval_set": [f"+data.eval_sets.empty={empty}"],
+        "unreadable_data": [f"data.train_shards={root}/unreadable/shard-*.tar"],
         "debug": ["--debug", "data.batch_size=0"],
     }
 
@@ -105,6 +110,7 @@ CULPRITS = {
     "truncated_ckpt": "cut.ckpt",
     "eval_set_typo": "data.eval_sets.vall: no shards match",
     "empty_eval_set": "data.eval_sets.empty: all 1 shard(s) are empty",
+    "unreadable_data": "no usable sample in 1 shard(s)",
 }
 
 
@@ -194,3 +200,45 @@ def test_error_inside_a_config_target_is_reported_by_its_cause() -> None:
     assert user_message(wrapped) == "data.batch_size must be positive"
     assert user_message(RuntimeError("a bug")) is None  # keeps its traceback
     assert user_message(KeyError("no eval set 'x'")) == "no eval set 'x'"
+
+
+@pytest.mark.slow
+def test_sigterm_ends_a_run_waiting_on_a_shard_that_never_delivers(tmp_path: Path) -> None:
+    """SLURM sends SIGTERM before SIGKILL: a run blocked reading a silent `pipe:` shard must stop, and
+    pass the signal on to the shard's command (`exec` makes the shell the command itself)."""
+    env = {**os.environ, "WANDB_MODE": "offline", "TOLCLIP_ROOT": str(tmp_path)}
+    argv = [
+        *TOLCLIP,
+        "train",
+        "data=shards",
+        "data.train_shards=pipe:exec sleep 300",
+        "data.epoch_samples=16",
+        "data.batch_size=8",
+        "data.num_workers=0",
+        "model=micro",
+        "logger=csv",
+        "trainer.max_steps=2",
+        "~callbacks.progress_bar",
+    ]
+    # Files, not pipes: output pipes would stay open in any child that outlived the run.
+    with (tmp_path / "out.log").open("w") as out, (tmp_path / "err.log").open("w") as err:
+        proc = subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=out, stderr=err)
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while time.monotonic() < deadline and proc.poll() is None:  # until fit is starting
+            if list((tmp_path / "logs" / "train" / "runs").glob("*/csv")):
+                break
+            time.sleep(0.5)
+        assert proc.poll() is None, (tmp_path / "err.log").read_text()[-2000:]
+        time.sleep(5)  # now waiting inside the loader for the pipe's first bytes
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    stderr = (tmp_path / "err.log").read_text()
+    assert proc.returncode == 128 + signal.SIGTERM, stderr[-2000:]
+    assert _last_line(stderr).startswith("tolclip train: stopped by SIGTERM")
+    time.sleep(1)
+    left = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout.splitlines()
+    assert "sleep 300" not in left  # the shard's command got the signal too, and is gone

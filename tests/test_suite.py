@@ -233,6 +233,7 @@ def test_image_only_model_gets_few_shot_but_no_zero_shot(tmp_path: Path) -> None
     assert 0 <= result["few_shot"]["1_shot"]["mean"] <= 1
 
 
+@pytest.mark.heavy
 @pytest.mark.slow
 @needs_shared
 def test_make_eval_suite_multirun_writes_the_table(trained_run: Path, tmp_path: Path) -> None:

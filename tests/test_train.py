@@ -175,6 +175,7 @@ def test_missing_checkpoint_is_a_clear_error(small_shards, tmp_path):
         train(cfg)
 
 
+@pytest.mark.heavy
 @pytest.mark.slow
 @pytest.mark.parametrize("text_type", ["taxon", "mixed"])
 def test_default_experiment_learns_the_tree(tmp_path, text_type):

@@ -9,11 +9,14 @@ traceback. `tolclip <command> --debug ...` or `HYDRA_FULL_ERROR=1` shows every t
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import signal
 import sys
+import threading
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +26,7 @@ from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
 from tolclip.cli import run_folder  # registers ${run_id:} (hydra.run.dir) before any Hydra command composes
+from tolclip.data.stream import DataError
 
 USER_ERRORS = (
     FileNotFoundError,
@@ -31,8 +35,10 @@ USER_ERRORS = (
     PermissionError,
     ValueError,
     KeyError,
+    DataError,  # unusable training or evaluation data: the message names the shards
 )
 EXIT_USER_ERROR = 2
+EXIT_TERMINATED = 128 + signal.SIGTERM  # what a shell reports for a process ended by SIGTERM
 QUOTE_HINT = "wrap the value in double quotes inside single quotes: key='\"value\"'"
 # A shell brace range ({000000..000159}) that Hydra's grammar would read as the start of a dict.
 _BRACE_RANGE = re.compile(r"\{\d+\.\.\d+\}")
@@ -137,6 +143,50 @@ def report(command: str, err: BaseException, message: str) -> int:
     return EXIT_USER_ERROR
 
 
+class Terminated(BaseException):
+    """SIGTERM arrived: a scheduler ending the job (SLURM sends it before SIGKILL), or `kill`.
+
+    A BaseException, like KeyboardInterrupt: the stream's per-sample `except Exception` skips must
+    not swallow it as one more unreadable shard."""
+
+
+def _forward_to_children(signum: int) -> None:
+    """Pass the signal on to our child processes (a `pipe:` shard's command, loader workers, DDP
+    ranks Lightning started): unwinding waits for them, and a child that never ends would hold the
+    run. Linux lists them in /proc; elsewhere this does nothing."""
+    for listing in Path("/proc/self/task").glob("*/children"):
+        try:
+            pids = [int(pid) for pid in listing.read_text().split()]
+        except OSError:
+            continue
+        for pid in pids:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signum)
+
+
+@contextlib.contextmanager
+def terminate_on_sigterm() -> Iterator[None]:
+    """Raise `Terminated` wherever the main thread is when SIGTERM arrives.
+
+    Lightning's own handler only stops the run at the next batch, which never comes while the
+    loader waits on a shard that delivers nothing; raising from the handler ends that wait too.
+    Lightning keeps this handler when it installs its own, and restores it after fit.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+
+    def stop(signum: int, frame: object) -> None:
+        _forward_to_children(signum)
+        raise Terminated(f"stopped by {signal.Signals(signum).name}")
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run_hydra_command(command: str, function: Callable[[], object], args: list[str]) -> int:
     """Run a `@hydra.main` function with `args` as its command line; one line for a user error."""
     debug = bool(args) and args[0] == "--debug"
@@ -150,7 +200,11 @@ def run_hydra_command(command: str, function: Callable[[], object], args: list[s
     run_folder.fresh()
     RememberRunFolder.folder = None  # an earlier run's (in-process callers) is not this one's
     try:
-        function()
+        with terminate_on_sigterm():
+            function()
+    except Terminated as err:
+        print(f"tolclip {command}: {err}; checkpoints written so far are kept", file=sys.stderr)
+        return EXIT_TERMINATED
     except Exception as err:
         message = None if full else user_message(err)
         if message is None:
