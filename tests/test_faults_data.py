@@ -8,6 +8,7 @@ import logging
 import signal
 import struct
 import tarfile
+import time
 import zlib
 from pathlib import Path
 
@@ -194,6 +195,20 @@ def test_a_stream_with_no_usable_sample_stops_with_one_clear_error(tmp_path, cas
     message = str(err.value)
     assert "\n" not in message and url in message and EXPECTED[case] in message, message
     assert message.startswith("no ")
+
+
+def test_a_silent_pipe_shard_is_cut_after_pipe_timeout(tmp_path):
+    """A `pipe:` command that never writes (a stalled download) is stopped after data.pipe_timeout
+    seconds of silence and counted as unreadable; a slow but steady one is read in full."""
+    start = time.monotonic()
+    with pytest.raises(DataError, match="no data for 1 s"):
+        _keys(_dm("pipe:exec sleep 300", pipe_timeout=1))
+    assert time.monotonic() - start < 20
+    [good] = write_shards(make_samples(5), tmp_path / "good", max_count=100)
+    slow = f"pipe:head -c 4096 {good}; sleep 0.5; tail -c +4097 {good}"  # pauses, but under the bound
+    assert len(_keys(_dm(slow, pipe_timeout=5))) == 5
+    with pytest.raises(ValueError, match="data.pipe_timeout must be a positive number"):
+        _dm(str(good), pipe_timeout=0)
 
 
 @pytest.mark.parametrize("resampled", [False, True], ids=["finite", "resampled"])

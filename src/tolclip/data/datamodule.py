@@ -53,6 +53,7 @@ class ShardDataModule(L.LightningDataModule):
         targets: str = "captions",
         generate: Mapping[str, Any] | None = None,
         max_consecutive_skips: int = 2000,
+        pipe_timeout: float = 600.0,
     ):
         super().__init__()
         check_text_type(text_type)
@@ -66,6 +67,8 @@ class ShardDataModule(L.LightningDataModule):
             context_length=context_length,
             max_consecutive_skips=max_consecutive_skips,
         )
+        if not isinstance(pipe_timeout, int | float) or isinstance(pipe_timeout, bool) or pipe_timeout <= 0:
+            raise ValueError(f"data.pipe_timeout must be a positive number of seconds, got {pipe_timeout!r}")
         if targets not in ("captions", "species"):
             raise ValueError(f"data.targets must be 'captions' or 'species', not {targets!r}")
         if resampled and train_shards is not None and not epoch_samples:
@@ -87,6 +90,7 @@ class ShardDataModule(L.LightningDataModule):
         self.targets = targets
         self.generate = dict(generate) if generate else None
         self.max_consecutive_skips = max_consecutive_skips
+        self.pipe_timeout = float(pipe_timeout)
         self._train: ShardStream | None = None
 
     def prepare_data(self) -> None:
@@ -145,6 +149,7 @@ class ShardDataModule(L.LightningDataModule):
                 partial=False,
                 num_workers=max(1, self.num_workers),
                 max_consecutive_skips=self.max_consecutive_skips,
+                pipe_timeout=self.pipe_timeout,
             )
         )
         return stream
@@ -184,6 +189,7 @@ class ShardDataModule(L.LightningDataModule):
                 image_transform=eval_transform(self.image_size),
                 split_by_rank=False,
                 max_consecutive_skips=self.max_consecutive_skips,
+                pipe_timeout=self.pipe_timeout,
             )
         )
         # Workers split the shard list, so more workers than shards would only sit idle.

@@ -30,11 +30,14 @@ import torch
 import webdataset as wds
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from tolclip.core.captions import CAPTION_FILES, caption
 from tolclip.core.taxonomy import Taxon
 from tolclip.core.tokenizer import get_tokenizer
 from tolclip.data.images import ImageError, load_image
+from tolclip.data.pipe import DEFAULT_TIMEOUT as DEFAULT_PIPE_TIMEOUT
+from tolclip.data.pipe import open_shard
 from tolclip.data.shards import IMAGE_FILE, TAXON_FILE, decode_taxon, has_tar_end
 
 log = logging.getLogger(__name__)
@@ -246,6 +249,7 @@ class StreamConfig:
     num_workers: int = 1  # loader processes sharing this stream (0 counts as 1)
     split_by_rank: bool = True  # False for evaluation, which runs on global rank 0 alone
     max_consecutive_skips: int = 2000  # attempts in a row without a usable sample before DataError
+    pipe_timeout: float = DEFAULT_PIPE_TIMEOUT  # seconds a `pipe:` shard may stay silent (data/pipe.py)
 
 
 class ShardStream(IterableDataset):
@@ -325,6 +329,22 @@ class ShardStream(IterableDataset):
                     self._skip(url, None, "truncated shard (no end-of-archive marker): the rest is read")
             yield {"url": url}
 
+    def _opened_shards(self) -> Iterator[dict]:
+        """The checked shards with their byte streams; `pipe:` shards are bounded on silence."""
+        for source in self._checked_shards():
+            try:
+                source["stream"] = open_shard(source["url"], self.cfg.pipe_timeout)
+            except Exception as exn:  # webdataset's handler protocol: counted, then the next shard
+                if self._on_shard_error(exn):
+                    continue
+                raise
+            yield source
+
+    def _tar_samples(self) -> Iterator[dict]:
+        """Samples grouped by key from every shard in turn (webdataset's tar reading)."""
+        files = tar_file_expander(self._opened_shards(), handler=self._on_shard_error)
+        return group_by_keys(files, handler=self._on_shard_error)
+
     def _stream_seed(self) -> int:
         rank, _, worker, _ = _worker_info()
         return hash((self.cfg.seed, self.epoch, rank if self.cfg.split_by_rank else 0, worker)) & 0x7FFFFFFF
@@ -366,7 +386,7 @@ class ShardStream(IterableDataset):
             torch.manual_seed(seed)
             random.seed(seed)
         tokenizer = get_tokenizer(cfg.context_length) if cfg.text_types else None
-        stream = self._read(wds.tarfile_to_samples(handler=self._on_shard_error)(self._checked_shards()))
+        stream = self._read(self._tar_samples())
         if cfg.shuffle_buffer:
             stream = wds.shuffle(
                 cfg.shuffle_buffer, initial=min(cfg.shuffle_buffer, 100), rng=random.Random(seed)
