@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
+import signal
 import tarfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -116,6 +119,23 @@ class StopAfterSteps:
 MICRO = ["model=micro"]
 
 
+def shard_overrides(root: Path) -> list[str]:
+    """Train the micro model on small shards at root/train, evaluating on root/val with one template."""
+    return [
+        "data=shards",
+        f"data.train_shards={root}/train/shard-*.tar",
+        f"+data.eval_sets.val={root}/val/shard-*.tar",
+        "data.epoch_samples=16",
+        "data.batch_size=8",
+        "data.num_workers=0",
+        "data.shuffle_buffer=8",
+        "logger=csv",
+        "callbacks.zero_shot.templates=single",
+        "~callbacks.progress_bar",
+        *MICRO,
+    ]
+
+
 def make_cfg(tmp_path: Path, overrides: list[str], config_name: str = "train"):
     """A composed config with its run directory under tmp_path, as `@hydra.main` would give."""
     GlobalHydra.instance().clear()
@@ -127,3 +147,19 @@ def make_cfg(tmp_path: Path, overrides: list[str], config_name: str = "train"):
         cfg.hydra.runtime.output_dir = str(tmp_path / "run")
     HydraConfig().set_config(cfg)
     return cfg
+
+
+@contextlib.contextmanager
+def time_limit(seconds: int, what: str = "test") -> Iterator[None]:
+    """Fail with TimeoutError after `seconds` (SIGALRM) instead of hanging: fault tests must end."""
+
+    def expire(*_: object) -> None:
+        raise TimeoutError(f"{what} ran over {seconds}s: something waits without a bound")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)

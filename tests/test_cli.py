@@ -16,6 +16,19 @@ from tolclip.cli.main import COMMANDS, main
 from helpers import REPO
 
 TOLCLIP = Path(sys.executable).with_name("tolclip")
+# A few steps of the micro model on a very small synthetic tree of life, evaluated with one template.
+TINY_RUN = [
+    "model=micro",
+    "logger=csv",
+    "data.num_workers=0",
+    "trainer.max_epochs=1",
+    "~callbacks.progress_bar",
+    "callbacks.zero_shot.templates=single",
+    "callbacks.zero_shot.text_types=[taxon]",
+    "+data.generate.train_per_species=2",
+    "+data.generate.val_per_species=1",
+    "+data.generate.unseen_per_species=1",
+]
 
 
 def run(cmd: list[str], cwd: Path, timeout: int = 300, **env: str) -> subprocess.CompletedProcess:
@@ -100,17 +113,8 @@ def test_installed_wheel_trains_from_another_directory(tmp_path: Path) -> None:
             "--config-dir",
             str(user.parent),
             "experiment=mine",
-            "model=micro",
-            "logger=csv",
-            "data.num_workers=0",
+            *TINY_RUN,
             "trainer.max_steps=5",
-            "trainer.max_epochs=1",
-            "~callbacks.progress_bar",
-            "callbacks.zero_shot.templates=single",
-            "callbacks.zero_shot.text_types=[taxon]",
-            "+data.generate.train_per_species=2",
-            "+data.generate.val_per_species=1",
-            "+data.generate.unseen_per_species=1",
         ],
         cwd=work,
         timeout=600,
@@ -133,20 +137,11 @@ def test_ddp_ranks_relaunched_by_lightning_share_one_run_folder(tmp_path: Path) 
         [
             str(TOLCLIP),
             "train",
-            "model=micro",
-            "logger=csv",
+            *TINY_RUN,
+            "trainer.max_steps=3",
             "trainer.accelerator=cpu",
             "trainer.devices=2",
             "+trainer.strategy=ddp",
-            "trainer.max_steps=3",
-            "trainer.max_epochs=1",
-            "data.num_workers=0",
-            "~callbacks.progress_bar",
-            "callbacks.zero_shot.templates=single",
-            "callbacks.zero_shot.text_types=[taxon]",
-            "+data.generate.train_per_species=2",
-            "+data.generate.val_per_species=1",
-            "+data.generate.unseen_per_species=1",
         ],
         cwd=tmp_path,
         timeout=400,

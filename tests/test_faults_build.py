@@ -12,7 +12,6 @@ import io
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tarfile
@@ -34,6 +33,8 @@ from tolclip.models.export import export_open_clip
 from tolclip.models.loading import load_open_clip
 from tolclip.models.towers import CLIP
 
+from helpers import time_limit
+
 ROOT = Path(__file__).resolve().parents[1]
 SPECIES = {"corvus": "Corvus corax", "pica": "Pica pica", "amanita": "Amanita muscaria"}
 TEST_SECONDS = 120  # far above any of these tests' run time: hitting it means a hang
@@ -42,15 +43,8 @@ TEST_SECONDS = 120  # far above any of these tests' run time: hitting it means a
 @pytest.fixture(autouse=True)
 def bounded() -> Iterator[None]:
     """Fail a test that runs past TEST_SECONDS instead of hanging the suite."""
-
-    def hit(signum: int, frame: object) -> None:
-        raise TimeoutError(f"test ran past {TEST_SECONDS} s: something waits without a bound")
-
-    old = signal.signal(signal.SIGALRM, hit)
-    signal.alarm(TEST_SECONDS)
-    yield
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, old)
+    with time_limit(TEST_SECONDS):
+        yield
 
 
 def _png(i: int) -> bytes:

@@ -24,7 +24,7 @@ from tolclip.cli import run_folder
 from tolclip.cli.errors import quote_brace_ranges, user_message
 from tolclip.data.shards import Sample, write_shards
 
-from helpers import TAXA, make_samples
+from helpers import TAXA, make_samples, shard_overrides
 
 TOLCLIP = [sys.executable, "-m", "tolclip"]
 TIMEOUT = 240  # all cases together; a hang fails the test instead of stalling the suite
@@ -57,18 +57,7 @@ def _cases(root: Path) -> dict[str, list[str]]:
 
 
 def _common(root: Path) -> list[str]:
-    return [
-        "data=shards",
-        f"data.train_shards={root}/train/shard-*.tar",
-        f"+data.eval_sets.val={root}/val/shard-*.tar",
-        "data.epoch_samples=16",
-        "data.batch_size=8",
-        "data.num_workers=0",
-        "model=micro",
-        "logger=csv",
-        "trainer.max_steps=2",
-        "~callbacks.progress_bar",
-    ]
+    return [*shard_overrides(root), "trainer.max_steps=2"]
 
 
 @pytest.fixture(scope="module")

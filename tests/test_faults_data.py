@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import logging
-import signal
 import struct
 import tarfile
 import time
@@ -21,21 +20,15 @@ from tolclip.data.shards import decode_taxon, write_shards
 from tolclip.data.stream import WARNINGS_PER_REASON
 from tolclip.training.run import train
 
-from helpers import MICRO, add_raw_member, colour_image, make_cfg, make_samples
+from helpers import MICRO, add_raw_member, colour_image, make_cfg, make_samples, time_limit
 
 LIMIT_S = 25  # far above what any case needs; a regression to hanging fails here instead
 
 
 @pytest.fixture(autouse=True)
 def bounded():
-    def expire(*_: object) -> None:
-        raise TimeoutError(f"test ran over {LIMIT_S}s: the fault hangs")
-
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.alarm(LIMIT_S)
-    yield
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, previous)
+    with time_limit(LIMIT_S):
+        yield
 
 
 def _dm(train_shards, **kw) -> ShardDataModule:

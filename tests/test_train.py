@@ -1,7 +1,5 @@
 """Hydra configs run end to end: train, evaluate, resume."""
 
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -10,23 +8,7 @@ from tolclip.data.images import encode_jpeg
 from tolclip.training.callbacks import SkippedSamples
 from tolclip.training.run import train
 
-from helpers import MICRO, add_raw_member, colour_image, make_cfg
-
-
-def shard_overrides(root: Path) -> list[str]:
-    return [
-        "data=shards",
-        f"data.train_shards={root}/train/shard-*.tar",
-        f"+data.eval_sets.val={root}/val/shard-*.tar",
-        "data.epoch_samples=16",
-        "data.batch_size=8",
-        "data.num_workers=0",
-        "data.shuffle_buffer=8",
-        "logger=csv",
-        "callbacks.zero_shot.templates=single",
-        "~callbacks.progress_bar",
-        *MICRO,
-    ]
+from helpers import MICRO, add_raw_member, colour_image, make_cfg, shard_overrides
 
 
 @pytest.mark.parametrize("text_type", ["mixed", "taxon_com"])
