@@ -20,7 +20,7 @@ from tolclip.core.hashing import sha256_hex
 from tolclip.curate.config import BuildConfig, BuildError
 from tolclip.curate.entries import Entry
 from tolclip.curate.splits import TRAIN_SMALL
-from tolclip.curate.spool import CACHE_DIR, RESULTS_FILE
+from tolclip.curate.spool import BLOBS_FILE, CACHE_DIR, RESULTS_FILE
 
 PROGRESS_FILE = "progress.json"
 LOCK_FILE = ".lock"
@@ -119,7 +119,7 @@ def remove_build_files(out: Path, split_dirs: Sequence[str]) -> None:
             _remove_if_empty(folder)
     cache = out / CACHE_DIR
     if cache.is_dir():
-        for name in (RESULTS_FILE, "encoded.bin", SCAN_FILE):
+        for name in (RESULTS_FILE, BLOBS_FILE, SCAN_FILE):
             (cache / name).unlink(missing_ok=True)
         _remove_if_empty(cache)
 

@@ -93,12 +93,9 @@ def check_shard_set(key: str, spec: str | list[str]) -> list[str]:
 
 
 def check_data(datamodule: L.LightningDataModule, train: bool = True) -> None:
-    """Fail fast on the data config: sizes, train shards, every eval set (after `prepare_data`, which
-    writes the synthetic shards), so a typo ends the run before the first step, not after training."""
-    for name in ("batch_size", "eval_batch_size"):
-        value = getattr(datamodule, name, 1)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"data.{name} must be a positive integer, not {value!r}")
+    """Fail fast on the data config: train shards and every eval set (after `prepare_data`, which
+    writes the synthetic shards), so a typo ends the run before the first step, not after training.
+    Sizes were checked when the DataModule was built."""
     if train and getattr(datamodule, "train_shards", None) is not None:
         check_shard_set("data.train_shards", datamodule.train_shards)
     for name, spec in (getattr(datamodule, "eval_sets", None) or {}).items():
