@@ -19,6 +19,7 @@ from PIL import Image
 
 from tolclip.core.resources import config_dir
 from tolclip.core.taxonomy import Taxon
+from tolclip.data.datamodule import ShardDataModule
 from tolclip.data.images import encode_jpeg
 from tolclip.data.shards import Sample
 
@@ -91,6 +92,21 @@ def make_samples(n: int, prefix: str = "s") -> list[Sample]:
         )
         for i in range(n)
     ]
+
+
+def shard_datamodule(train_shards: object, **kw: object) -> ShardDataModule:
+    """A ShardDataModule for tests: `sci` captions, 32 px, one sample per batch, no loader workers,
+    no shuffling, a finite stream; keyword arguments override."""
+    args: dict[str, object] = dict(
+        train_shards=train_shards,
+        text_type="sci",
+        image_size=32,
+        batch_size=1,
+        num_workers=0,
+        shuffle_buffer=0,
+        resampled=False,
+    )
+    return ShardDataModule(**{**args, **kw})
 
 
 def add_raw_member(tar_path: Path, name: str, data: bytes) -> None:

@@ -10,7 +10,7 @@ from tolclip.data.datamodule import ShardDataModule, expand_shards
 from tolclip.data.images import encode_jpeg
 from tolclip.data.shards import iter_records, shard_spec, write_shards
 
-from helpers import TAXA, add_raw_member, colour_image, make_samples
+from helpers import TAXA, add_raw_member, colour_image, make_samples, shard_datamodule
 
 
 def test_writer_format_matches_tol10m_names(tmp_path):
@@ -51,16 +51,10 @@ def _dm(root: Path, **kw) -> ShardDataModule:
     args = dict(
         train_shards=str(root / "train" / "shard-*.tar"),
         eval_sets={"val": str(root / "val" / "*.tar")},
-        text_type="sci",
-        image_size=32,
         batch_size=4,
-        num_workers=0,
         shuffle_buffer=8,
-        resampled=False,
-        epoch_samples=None,
     )
-    args.update(kw)
-    return ShardDataModule(**args)
+    return shard_datamodule(**{**args, **kw})
 
 
 def test_train_batches_tokenized_in_stream(small_shards):
@@ -113,15 +107,7 @@ def test_corrupt_samples_are_skipped_and_counted(tmp_path):
     # A sample missing only its caption file is rebuilt from taxon.json, not dropped.
     add_raw_member(paths[0], "ok00003.jpg", good)
     add_raw_member(paths[0], "ok00003.taxon.json", json.dumps(TAXA[2].to_dict()).encode())
-    dm = ShardDataModule(
-        train_shards=str(paths[0]),
-        text_type="sci",
-        image_size=32,
-        batch_size=1,
-        num_workers=0,
-        shuffle_buffer=0,
-        resampled=False,
-    )
+    dm = shard_datamodule(str(paths[0]))
     batches = list(dm.train_dataloader())
     keys = [b["key"][0] for b in batches]
     assert len(keys) == 11 and "ok00003" in keys and "bad00001" not in keys
@@ -132,15 +118,7 @@ def test_truncated_shard_is_skipped_not_fatal(tmp_path):
     paths = write_shards(make_samples(20), tmp_path / "train", max_count=10)
     data = paths[1].read_bytes()
     paths[1].write_bytes(data[: len(data) // 2])  # cut the second shard mid-member
-    dm = ShardDataModule(
-        train_shards=[str(p) for p in paths],
-        text_type="com",
-        image_size=32,
-        batch_size=1,
-        num_workers=0,
-        shuffle_buffer=0,
-        resampled=False,
-    )
+    dm = shard_datamodule([str(p) for p in paths], text_type="com")
     batches = list(dm.train_dataloader())
     assert 10 <= len(batches) < 20
     assert dm.skipped_samples >= 1
@@ -152,15 +130,7 @@ def test_skips_counted_across_worker_processes(tmp_path):
     for p in paths:
         add_raw_member(p, f"bad{p.stem[-1]}.jpg", good[:100])
         add_raw_member(p, f"bad{p.stem[-1]}.sci.txt", b"x")
-    dm = ShardDataModule(
-        train_shards=[str(p) for p in paths],
-        text_type="sci",
-        image_size=32,
-        batch_size=2,
-        num_workers=2,
-        shuffle_buffer=0,
-        resampled=False,
-    )
+    dm = shard_datamodule([str(p) for p in paths], batch_size=2, num_workers=2)
     assert sum(b["image"].shape[0] for b in dm.train_dataloader()) == 8
     assert dm.skipped_samples == 2
 

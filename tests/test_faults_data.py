@@ -20,7 +20,7 @@ from tolclip.data.shards import decode_taxon, write_shards
 from tolclip.data.stream import WARNINGS_PER_REASON
 from tolclip.training.run import train
 
-from helpers import MICRO, add_raw_member, colour_image, make_cfg, make_samples, time_limit
+from helpers import MICRO, add_raw_member, colour_image, make_cfg, make_samples, shard_datamodule, time_limit
 
 LIMIT_S = 25  # far above what any case needs; a regression to hanging fails here instead
 
@@ -29,20 +29,6 @@ LIMIT_S = 25  # far above what any case needs; a regression to hanging fails her
 def bounded():
     with time_limit(LIMIT_S):
         yield
-
-
-def _dm(train_shards, **kw) -> ShardDataModule:
-    args = dict(
-        train_shards=train_shards,
-        text_type="sci",
-        image_size=32,
-        batch_size=1,
-        num_workers=0,
-        shuffle_buffer=0,
-        resampled=False,
-    )
-    args.update(kw)
-    return ShardDataModule(**args)
 
 
 def _keys(dm: ShardDataModule) -> list[str]:
@@ -108,7 +94,7 @@ def test_bad_samples_are_counted_skips_naming_shard_and_key(tmp_path, caplog):
     # An odd mode is no fault: every mode Pillow reads (here LAB) becomes RGB, as in curation.
     add_raw_member(shard, "lab.jpg", _lab_tiff())
     add_raw_member(shard, "lab.sci.txt", caption)
-    dm = _dm(str(shard))
+    dm = shard_datamodule(str(shard))
     assert sorted(_keys(dm)) == ["lab", *(f"s{i:05d}" for i in range(6))]
     assert dm.skipped_samples == len(planted)
     lines = _skip_lines(caplog)
@@ -125,7 +111,7 @@ def test_taxon_json_that_is_not_an_object_is_a_value_error_and_an_eval_skip(tmp_
     [shard] = write_shards(make_samples(3), tmp_path / "val", max_count=100)
     add_raw_member(shard, "odd.jpg", encode_jpeg(colour_image(1)))
     add_raw_member(shard, "odd.taxon.json", b'"Corvus corax"')
-    dm = _dm(None, eval_sets={"val": str(shard)})
+    dm = shard_datamodule(None, eval_sets={"val": str(shard)})
     taxa = [t for b in dm.eval_dataloader("val") for t in b["taxon"]]
     assert len(taxa) == 3
 
@@ -135,7 +121,7 @@ def test_shard_errors_name_the_url_not_the_stream_object(tmp_path, caplog):
     paths = write_shards(make_samples(20), tmp_path / "train", max_count=10)
     data = paths[1].read_bytes()
     paths[1].write_bytes(data[:3000])  # cut inside the second member
-    keys = _keys(_dm([str(p) for p in paths]))
+    keys = _keys(shard_datamodule([str(p) for p in paths]))
     assert len(keys) == 11
     messages = [r.getMessage() for r in caplog.records]
     assert any(str(paths[1]) in m and "unreadable shard data" in m for m in messages), messages
@@ -146,7 +132,7 @@ def test_repeated_skips_are_rate_limited_and_summarised(tmp_path, caplog):
     caplog.set_level(logging.WARNING)
     bad = _all_bad_shard(tmp_path / "bad" / "bad.tar", n=200)
     [good] = write_shards(make_samples(4), tmp_path / "good", max_count=100)
-    keys = _keys(_dm([str(bad), str(good)], max_consecutive_skips=1000))
+    keys = _keys(shard_datamodule([str(bad), str(good)], max_consecutive_skips=1000))
     assert len(keys) == 4
     assert len(_skip_lines(caplog)) == WARNINGS_PER_REASON
     summary = [r.getMessage() for r in caplog.records if r.getMessage().startswith("skipped 200")]
@@ -182,7 +168,7 @@ EXPECTED = {
 def test_a_stream_with_no_usable_sample_stops_with_one_clear_error(tmp_path, case, resampled):
     url = _dead_shards(tmp_path)[case]
     kw = dict(resampled=True, epoch_samples=64) if resampled else {}
-    dm = _dm(url, max_consecutive_skips=100, **kw)
+    dm = shard_datamodule(url, max_consecutive_skips=100, **kw)
     with pytest.raises(DataError) as err:
         _keys(dm)
     message = str(err.value)
@@ -195,13 +181,13 @@ def test_a_silent_pipe_shard_is_cut_after_pipe_timeout(tmp_path):
     seconds of silence and counted as unreadable; a slow but steady one is read in full."""
     start = time.monotonic()
     with pytest.raises(DataError, match="no data for 1 s"):
-        _keys(_dm("pipe:exec sleep 300", pipe_timeout=1))
+        _keys(shard_datamodule("pipe:exec sleep 300", pipe_timeout=1))
     assert time.monotonic() - start < 20
     [good] = write_shards(make_samples(5), tmp_path / "good", max_count=100)
     slow = f"pipe:head -c 4096 {good}; sleep 0.5; tail -c +4097 {good}"  # pauses, but under the bound
-    assert len(_keys(_dm(slow, pipe_timeout=5))) == 5
+    assert len(_keys(shard_datamodule(slow, pipe_timeout=5))) == 5
     with pytest.raises(ValueError, match="data.pipe_timeout must be a positive number"):
-        _dm(str(good), pipe_timeout=0)
+        shard_datamodule(str(good), pipe_timeout=0)
 
 
 @pytest.mark.parametrize("resampled", [False, True], ids=["finite", "resampled"])
@@ -209,7 +195,7 @@ def test_dead_shards_across_loader_workers_give_one_line(tmp_path, resampled):
     urls = [str(_empty_tar(tmp_path / f"e{i}.tar")) for i in range(3)]
     kw = dict(resampled=True, epoch_samples=64) if resampled else {}
     with pytest.raises(DataError) as err:
-        _keys(_dm(urls, num_workers=2, **kw))
+        _keys(shard_datamodule(urls, num_workers=2, **kw))
     message = str(err.value)
     assert "\n" not in message and "3 shard(s)" in message and urls[0] in message, message
 
@@ -217,7 +203,7 @@ def test_dead_shards_across_loader_workers_give_one_line(tmp_path, resampled):
 def test_good_shards_beside_dead_ones_still_train(tmp_path):
     dead = _dead_shards(tmp_path)
     [good] = write_shards(make_samples(5), tmp_path / "good", max_count=100)
-    dm = _dm([*dead.values(), str(good)], max_consecutive_skips=1000)
+    dm = shard_datamodule([*dead.values(), str(good)], max_consecutive_skips=1000)
     assert len(_keys(dm)) == 5
     assert dm.skipped_samples >= 30 + 3  # the unreadable samples, and the zero-byte and pipe shards
 
@@ -225,7 +211,7 @@ def test_good_shards_beside_dead_ones_still_train(tmp_path):
 def test_an_epoch_too_small_for_one_batch_is_a_clear_error(tmp_path):
     [shard] = write_shards(make_samples(3), tmp_path / "train", max_count=100)
     with pytest.raises(DataError, match="3 usable sample.*fewer than one batch of 4"):
-        _keys(_dm(str(shard), batch_size=4))
+        _keys(shard_datamodule(str(shard), batch_size=4))
 
 
 def test_training_on_an_empty_tar_fails_instead_of_exiting_0(tmp_path):
@@ -273,7 +259,7 @@ def test_training_on_an_empty_tar_fails_instead_of_exiting_0(tmp_path):
 )
 def test_bad_sizes_are_rejected_when_the_datamodule_is_built(tmp_path, key, value, kind):
     with pytest.raises(ValueError, match=f"data.{key} must be {kind}, got {value!r}"):
-        _dm(str(tmp_path / "x.tar"), **{key: value})
+        shard_datamodule(str(tmp_path / "x.tar"), **{key: value})
 
 
 def test_negative_batch_size_from_the_config_fails_at_once(tmp_path):
