@@ -71,6 +71,8 @@ bench: bench-train bench-shards bench-eval ## all benchmarks
 bench-train: $(STAMP) ## training samples/s: tolclip vs open_clip at identical sizes (caption-length and full-context tokens)
 	$(PY) scripts/bench_train.py $(ARGS)
 	$(PY) scripts/bench_train.py --min-words 75 --max-words 75 $(ARGS)
+	$(PY) scripts/bench_train_e2e.py $(E2E_ARGS)
+	$(PY) scripts/bench_accumulation.py $(ACCUM_ARGS)
 
 bench-shards: $(STAMP) ## shard builder images/s vs Pillow-only decode/resize/encode, per worker count
 	$(PY) scripts/bench_shards.py $(ARGS)

@@ -6,11 +6,15 @@ import contextlib
 import io
 import os
 import signal
+import socket
 import tarfile
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
+import pytest
+import torch.multiprocessing as mp
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
@@ -179,3 +183,27 @@ def time_limit(seconds: int, what: str = "test") -> Iterator[None]:
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, previous)
+
+
+def free_port() -> int:
+    """A TCP port free on localhost now (for a test's own process group)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def spawn_ranks(worker: Callable[..., None], args: tuple, world: int, timeout_s: float) -> None:
+    """Run `worker(rank, *args)` in `world` spawned processes, bounded: a rank that fails re-raises
+    here, one still running after `timeout_s` fails the test, and none is left behind."""
+    ctx = mp.spawn(worker, args=args, nprocs=world, join=False)
+    deadline = time.monotonic() + timeout_s
+    try:
+        # join() re-raises a child's exception (ProcessRaisedException / ProcessExitedException).
+        while not ctx.join(timeout=0.5):
+            if time.monotonic() > deadline:
+                pytest.fail(f"{world} spawned ranks did not finish within {timeout_s:.0f} s")
+    finally:
+        for p in ctx.processes:
+            if p.is_alive():
+                p.terminate()
+                p.join(5)

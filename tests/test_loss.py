@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import math
 import os
-import socket
-import time
 import traceback
 from datetime import timedelta
 from pathlib import Path
@@ -13,12 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from tolclip.models.loss import ClipLoss
+
+from helpers import free_port, spawn_ranks
 
 # ---------------------------------------------------------------------------------------------------
 # Single process
@@ -154,27 +153,10 @@ def _ddp_worker(rank: int, port: int, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def ddp_results(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
     out_dir = tmp_path_factory.mktemp("ddp")
-    ctx = mp.spawn(_ddp_worker, args=(_free_port(), str(out_dir)), nprocs=WORLD, join=False)
-    deadline = time.monotonic() + DDP_TIMEOUT_S
-    try:
-        # join() re-raises a child's exception (ProcessRaisedException / ProcessExitedException).
-        while not ctx.join(timeout=0.5):
-            if time.monotonic() > deadline:
-                pytest.fail(f"DDP workers did not finish within {DDP_TIMEOUT_S:.0f} s")
-    finally:
-        for p in ctx.processes:  # never leave a stray rank behind
-            if p.is_alive():
-                p.terminate()
-                p.join(5)
+    spawn_ranks(_ddp_worker, (free_port(), str(out_dir)), WORLD, DDP_TIMEOUT_S)
     return [torch.load(out_dir / f"rank{r}.pt") for r in range(WORLD)]
 
 

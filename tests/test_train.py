@@ -62,8 +62,8 @@ def test_precision_clipping_accumulation_checkpointing_and_step_eval(small_shard
             *shard_overrides(small_shards),
             "trainer.max_epochs=2",
             "trainer.precision=bf16-mixed",
-            "trainer.gradient_clip_val=1.0",
-            "trainer.accumulate_grad_batches=2",
+            "model.grad_clip=1.0",
+            "model.accum_freq=2",  # the feature cache (manual optimisation) under bf16 and checkpointing
             "model.grad_checkpointing=true",
             "callbacks.zero_shot.every_n_steps=1",
             "trainer.log_every_n_steps=1",

@@ -13,14 +13,24 @@ from torch.utils.data import DataLoader
 
 from tolclip.core.captions import MIXED, TEXT_TYPES, check_text_type
 from tolclip.core.taxonomy import SpeciesKey, species_key
+from tolclip.data.mixing import is_weighted, train_sources
 from tolclip.data.shards import scan_species
 from tolclip.data.stream import DataError, ShardLoader, ShardStream, StreamConfig, expand_shards
 from tolclip.data.transforms import eval_transform, train_transform
 
 
+def _check_options(pipe_timeout: Any, targets: Any) -> None:
+    if not isinstance(pipe_timeout, int | float) or isinstance(pipe_timeout, bool) or pipe_timeout <= 0:
+        raise ValueError(f"data.pipe_timeout must be a positive number of seconds, got {pipe_timeout!r}")
+    if targets not in ("captions", "species"):
+        raise ValueError(f"data.targets must be 'captions' or 'species', not {targets!r}")
+
+
 class ShardDataModule(L.LightningDataModule):
     """Train stream plus named evaluation sets, all read from Tree-of-Life shards.
 
+    `train_shards` is one shard set (pattern, glob or list) or named sources mixed by weight,
+    `{name: {shards: ..., weight: ...}}` (see `tolclip.data.mixing`; needs `resampled`).
     `text_type` selects the caption (`mixed` tokenizes all five so the model can draw per step or
     per sample). `batch_size` is per device; `epoch_samples` is the global number of samples in one
     epoch of a resampled stream.
@@ -37,7 +47,7 @@ class ShardDataModule(L.LightningDataModule):
 
     def __init__(
         self,
-        train_shards: str | Sequence[str] | None,
+        train_shards: str | Sequence[str] | Mapping[str, Any] | None,
         eval_sets: dict[str, str | Sequence[str]] | None = None,
         text_type: str = "mixed",
         image_size: int = 224,
@@ -67,12 +77,8 @@ class ShardDataModule(L.LightningDataModule):
             context_length=context_length,
             max_consecutive_skips=max_consecutive_skips,
         )
-        if not isinstance(pipe_timeout, int | float) or isinstance(pipe_timeout, bool) or pipe_timeout <= 0:
-            raise ValueError(f"data.pipe_timeout must be a positive number of seconds, got {pipe_timeout!r}")
-        if targets not in ("captions", "species"):
-            raise ValueError(f"data.targets must be 'captions' or 'species', not {targets!r}")
-        if resampled and train_shards is not None and not epoch_samples:
-            raise ValueError("a resampled train stream needs epoch_samples (samples per epoch, all ranks)")
+        _check_options(pipe_timeout, targets)
+        _check_train_shards(train_shards, resampled, epoch_samples)
         self.train_shards = train_shards
         self.eval_sets = dict(eval_sets or {})
         self.text_type = text_type
@@ -129,14 +135,35 @@ class ShardDataModule(L.LightningDataModule):
             max(1, math.ceil(self.epoch_samples / (self.batch_size * workers * self._world_size()))) * workers
         )
 
-    def train_stream(self) -> ShardStream:
+    def train_shard_sets(self) -> list[tuple[str, Any]]:
+        """(config key, shard spec) of each training source: one for a plain shard set."""
+        if self.train_shards is None:
+            return []
+        return [(s.key, s.shards) for s in train_sources(self.train_shards)]
+
+    def _train_source_urls(self) -> tuple[list[str], tuple[tuple[str, tuple[str, ...], float], ...]]:
+        """All training shard URLs, and the sources mixed by weight (none for a plain shard set)."""
         if self.train_shards is None:
             raise ValueError("data.train_shards is not set")
+        if not is_weighted(self.train_shards):
+            return expand_shards(self.train_shards), ()
+        sources = []
+        for source in train_sources(self.train_shards):
+            try:
+                urls = tuple(expand_shards(source.shards))
+            except FileNotFoundError as err:
+                raise FileNotFoundError(f"{source.key}: {err}") from None
+            sources.append((source.name, urls, source.weight))
+        return list(dict.fromkeys(u for _, urls, _ in sources for u in urls)), tuple(sources)
+
+    def train_stream(self) -> ShardStream:
+        urls, sources = self._train_source_urls()
         per_epoch = self.train_batches_per_epoch()
         per_worker = None if per_epoch is None else per_epoch // max(1, self.num_workers)
         stream = ShardStream(
             StreamConfig(
-                urls=expand_shards(self.train_shards),
+                urls=urls,
+                sources=sources,
                 batch_size=self.batch_size,
                 image_transform=train_transform(self.image_size, self.crop_scale),
                 # Species targets need the taxon, not tokens of captions the classifier never reads.
@@ -169,13 +196,23 @@ class ShardDataModule(L.LightningDataModule):
         self.set_epoch(
             self.trainer.fit_loop.epoch_progress.current.processed if self.trainer is not None else 0
         )
-        return ShardLoader(
+        loader = ShardLoader(
             self._train,
             batch_size=None,
             num_workers=self.num_workers,
             persistent_workers=False,
             prefetch_factor=4 if self.num_workers else None,
         )
+        # A checkpoint keeps the stream's place after the batches the loop has trained on, not
+        # after those the loader has already handed on ahead of it.
+        loader.consumed = self._train_batches_used
+        return loader
+
+    def _train_batches_used(self) -> int | None:
+        """Batches of the current epoch the training loop has run (where Lightning resumes)."""
+        if self.trainer is None:
+            return None
+        return self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
 
     def eval_dataloader(self, name: str) -> DataLoader:
         """Loader for one named evaluation set: images with their taxa, in shard order."""
@@ -207,7 +244,7 @@ class ShardDataModule(L.LightningDataModule):
         """The label vocabulary: every species in the training shards, sorted."""
         if self.train_shards is None:
             raise ValueError("data.train_shards is not set")
-        return scan_species(expand_shards(self.train_shards))
+        return scan_species(self._train_source_urls()[0])
 
 
 # Sizes and counts: (lowest allowed value, whether None means "use the default").
@@ -221,6 +258,20 @@ _SIZES = {
     "context_length": (1, False),
     "max_consecutive_skips": (1, False),
 }
+
+
+def _check_train_shards(train_shards: object, resampled: bool, epoch_samples: int | None) -> None:
+    if train_shards is None:
+        return
+    if resampled and not epoch_samples:
+        raise ValueError("a resampled train stream needs epoch_samples (samples per epoch, all ranks)")
+    if is_weighted(train_shards):
+        train_sources(train_shards)  # a bad weight or key fails when the config is read
+        if not resampled:
+            raise ValueError(
+                "data.train_shards mixes sources by weight, which needs data.resampled=true "
+                "(a finite pass over each source would not follow the weights)"
+            )
 
 
 def _check_sizes(**values: object) -> None:

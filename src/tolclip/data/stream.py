@@ -7,6 +7,16 @@ skipped and *counted* in a counter shared by the loader worker processes, so tra
 many samples each rank lost. Every skip names its shard and sample key; the first few per reason
 are logged, the rest are counted and summarised when the pass ends.
 
+Training sources can be mixed by weight (`StreamConfig.sources`, see `tolclip.data.mixing`): each
+raw sample is drawn from a source with probability proportional to its weight.
+
+A pass can resume where an interrupted one stopped: every batch carries (under `STATE_KEY`, removed
+by `ShardLoader`) its worker, that worker's batch count and how many raw samples the worker had
+taken from its shuffled stream; `ShardLoader.state_dict()` keeps those of the batches the training
+loop used. A resumed worker passes over its used raw samples without decoding them, and every
+sample's augmentation draws from its own seed, so the batches after a resume are the ones the
+interrupted run would have seen.
+
 Failure is bounded: `max_consecutive_skips` attempts in a row without a usable sample, a resampled
 stream whose every shard is empty or unreadable, or an epoch that gives no batch at all, end in
 one `DataError` naming the shards and the most common reasons.
@@ -14,7 +24,9 @@ one `DataError` naming the shards and the most common reasons.
 
 from __future__ import annotations
 
+import contextlib
 import glob
+import itertools
 import json
 import logging
 import multiprocessing as mp
@@ -43,6 +55,8 @@ from tolclip.data.shards import IMAGE_FILE, TAXON_FILE, decode_taxon, has_tar_en
 log = logging.getLogger(__name__)
 
 IMAGE_KEYS = (IMAGE_FILE, "jpeg", "png", "webp")
+# A batch's place in its worker's stream: (logical worker, batches so far, raw samples taken).
+STATE_KEY = "__stream_state__"
 
 
 def expand_shards(spec: str | Sequence[str]) -> list[str]:
@@ -174,6 +188,10 @@ class SkipLog:
                 f"attempts in a row (data.max_consecutive_skips): {top_reasons(self.streak_reasons)}"
             )
 
+    def passed(self) -> None:
+        """A sample the interrupted pass had already used (a resumed pass reads past it)."""
+        self.streak = 0
+
     def success(self) -> None:
         self.used += 1
         self.streak = 0
@@ -250,6 +268,8 @@ class StreamConfig:
     split_by_rank: bool = True  # False for evaluation, which runs on global rank 0 alone
     max_consecutive_skips: int = 2000  # attempts in a row without a usable sample before DataError
     pipe_timeout: float = DEFAULT_PIPE_TIMEOUT  # seconds a `pipe:` shard may stay silent (data/pipe.py)
+    # Sources mixed by weight, (name, urls, weight) each; `urls` is then all of their shards.
+    sources: tuple[tuple[str, tuple[str, ...], float], ...] = ()
 
 
 class ShardStream(IterableDataset):
@@ -262,8 +282,18 @@ class ShardStream(IterableDataset):
                 f"batch_size and max_consecutive_skips must be positive, got {config.batch_size}"
                 f" and {config.max_consecutive_skips}"
             )
+        if config.sources and not config.resampled:
+            raise ValueError(
+                "data.train_shards mixes sources by weight, which needs data.resampled=true "
+                "(a finite pass over each source would not follow the weights)"
+            )
         self.cfg = config
         self.epoch = 0  # set by the DataModule each epoch so resampling differs between epochs
+        # Where each logical worker resumes, {worker: (batches, raw samples)}, and which logical
+        # worker the loader's first worker process plays (set by ShardLoader before workers start).
+        self.resume: dict[int, tuple[int, int]] = {}
+        self.worker_offset = 0
+        self._reads: Counter[str] = Counter()  # raw samples read per source in this pass
         # Shared memory, inherited by the loader workers: every process adds what it drops, and
         # at the end of its pass what it used and why it skipped (for the empty-epoch error).
         self.skipped = mp.Value("q", 0)
@@ -293,29 +323,37 @@ class ShardStream(IterableDataset):
             raise TypeError("finite shard streams have no known length")
         return self.cfg.batches_per_worker * self.cfg.num_workers
 
-    def _shard_urls(self) -> Iterator[str]:
+    def _position(self) -> tuple[int, int, int, int]:
+        """(rank, world, logical worker, workers): the logical worker is the one whose shards,
+        seeds and resume point this process takes (a resumed loader rotates them)."""
         rank, world, worker, workers = _worker_info()
-        cfg = self.cfg
-        if not cfg.split_by_rank:
+        if not self.cfg.split_by_rank:
             rank, world = 0, 1
+        return rank, world, (worker + self.worker_offset) % workers, workers
+
+    def _shard_urls(self, urls: Sequence[str] | None = None, salt: int | None = None) -> Iterator[str]:
+        rank, world, worker, workers = self._position()
+        cfg = self.cfg
+        urls = list(cfg.urls if urls is None else urls)
         if cfg.resampled:
-            # Each (rank, worker) draws shards independently; seeds differ per epoch.
-            rng = random.Random(self._stream_seed())
+            # Each (rank, worker) draws shards independently; seeds differ per epoch (and source).
+            seed = self._stream_seed()
+            rng = random.Random(seed if salt is None else hash((seed, salt)) & 0x7FFFFFFF)
             while True:
-                yield rng.choice(cfg.urls)
-        urls = list(cfg.urls)
+                yield rng.choice(urls)
         if cfg.shuffle_buffer:
             random.Random(cfg.seed + self.epoch).shuffle(urls)
         yield from urls[rank * workers + worker :: world * workers]
 
-    def _checked_shards(self) -> Iterator[dict]:
+    def _checked_shards(self, urls: Sequence[str], salt: int | None, source: str) -> Iterator[dict]:
         tried: set[str] = set()
-        every = set(self.cfg.urls)
-        for url in self._shard_urls():
-            if self.cfg.resampled and self._log.read == 0 and tried >= every:
+        every = set(urls)
+        for url in self._shard_urls(urls, salt):
+            if self.cfg.resampled and self._reads[source] == 0 and tried >= every:
                 # Drawing again could never help: every shard was opened and none held a sample.
+                where = f" (source data.train_shards.{source})" if source else ""
                 raise DataError(
-                    f"no sample in any of {name_shards(self.cfg.urls)}: all are empty or unreadable "
+                    f"no sample in any of {name_shards(urls)}{where}: all are empty or unreadable "
                     f"({top_reasons(self._log.per_reason)})"
                 )
             tried.add(url)
@@ -329,9 +367,9 @@ class ShardStream(IterableDataset):
                     self._skip(url, None, "truncated shard (no end-of-archive marker): the rest is read")
             yield {"url": url}
 
-    def _opened_shards(self) -> Iterator[dict]:
+    def _opened_shards(self, shards: Iterator[dict]) -> Iterator[dict]:
         """The checked shards with their byte streams; `pipe:` shards are bounded on silence."""
-        for source in self._checked_shards():
+        for source in shards:
             try:
                 source["stream"] = open_shard(source["url"], self.cfg.pipe_timeout)
             except Exception as exn:  # webdataset's handler protocol: counted, then the next shard
@@ -340,19 +378,34 @@ class ShardStream(IterableDataset):
                 raise
             yield source
 
-    def _tar_samples(self) -> Iterator[dict]:
+    def _tar_samples(self, urls: Sequence[str], salt: int | None = None, source: str = "") -> Iterator[dict]:
         """Samples grouped by key from every shard in turn (webdataset's tar reading)."""
-        files = tar_file_expander(self._opened_shards(), handler=self._on_shard_error)
-        return group_by_keys(files, handler=self._on_shard_error)
+        shards = self._opened_shards(self._checked_shards(urls, salt, source))
+        files = tar_file_expander(shards, handler=self._on_shard_error)
+        for sample in group_by_keys(files, handler=self._on_shard_error):
+            self._log.read += 1
+            self._reads[source] += 1
+            yield sample
+
+    def _raw_samples(self) -> Iterator[dict]:
+        """The samples of one pass before shuffling: one shard set, or sources drawn by weight."""
+        cfg = self.cfg
+        if not cfg.sources:
+            yield from self._tar_samples(cfg.urls)
+            return
+        # Per sample, not per shard: sources whose shards differ in size still mix by weight. A
+        # source of weight 0 is never opened. Salts are ints: str hashes differ between processes.
+        live = [(i, name, urls, w) for i, (name, urls, w) in enumerate(cfg.sources) if w > 0]
+        streams = [self._tar_samples(urls, 1000 + i, name) for i, name, urls, _ in live]
+        cum = list(itertools.accumulate(w for *_, w in live))
+        rng = random.Random(hash((self._stream_seed(), -1)) & 0x7FFFFFFF)
+        which = range(len(streams))
+        while True:
+            yield next(streams[rng.choices(which, cum_weights=cum)[0]])
 
     def _stream_seed(self) -> int:
-        rank, _, worker, _ = _worker_info()
-        return hash((self.cfg.seed, self.epoch, rank if self.cfg.split_by_rank else 0, worker)) & 0x7FFFFFFF
-
-    def _read(self, stream: Iterator[dict]) -> Iterator[dict]:
-        for sample in stream:
-            self._log.read += 1
-            yield sample
+        rank, _, worker, _ = self._position()
+        return hash((self.cfg.seed, self.epoch, rank, worker)) & 0x7FFFFFFF
 
     def _prepare(self, sample: dict, tokenizer: Callable | None) -> dict:
         """One raw sample as the model's input; raises `_BadSample` with the reason to count."""
@@ -376,46 +429,62 @@ class ShardStream(IterableDataset):
             raise _BadSample("caption cannot be tokenized", f"{type(exn).__name__}: {exn}") from exn
         return out
 
-    def _samples(self) -> Iterator[dict]:
+    def _resume_point(self) -> tuple[int, int]:
+        """(batches, raw samples) this worker's interrupted pass had used; (0, 0) on a fresh pass."""
+        return self.resume.get(self._position()[2], (0, 0))
+
+    def _samples(self) -> Iterator[tuple[int, dict]]:
+        """(raw samples taken so far, prepared sample) for each usable sample of this pass."""
         cfg = self.cfg
         seed = self._stream_seed()
-        if get_worker_info() is not None:
-            # Augmentations and shuffling depend only on (seed, epoch, rank, worker), so an epoch
-            # replays identically after a resume. Not in the main process: that would reset the
-            # trainer's own RNG.
+        in_worker = get_worker_info() is not None
+        if in_worker:
+            # Anything random beyond the per-sample seeds below still depends only on (seed, epoch,
+            # rank, worker). Not in the main process: that would reset the trainer's own RNG.
             torch.manual_seed(seed)
             random.seed(seed)
         tokenizer = get_tokenizer(cfg.context_length) if cfg.text_types else None
-        stream = self._read(self._tar_samples())
+        stream = self._raw_samples()
         if cfg.shuffle_buffer:
             stream = wds.shuffle(
                 cfg.shuffle_buffer, initial=min(cfg.shuffle_buffer, 100), rng=random.Random(seed)
             )(stream)
-        for sample in stream:
+        # A resumed pass reads (without decoding) the raw samples the interrupted pass used, so
+        # the shard draws, the mixing and the shuffle buffer are where they were.
+        start = self._resume_point()[1]
+        for pos, sample in enumerate(stream, 1):
+            if pos <= start:
+                self._log.passed()
+                continue
             try:
-                out = self._prepare(sample, tokenizer)
+                with _sample_rng(hash((seed, pos)) & 0x7FFFFFFFFFFFFFFF, in_worker):
+                    out = self._prepare(sample, tokenizer)
             except _BadSample as exn:
                 self._skip(sample.get("__url__", self._url), sample.get("__key__"), exn.reason, exn.detail)
                 continue
             self._log.success()
-            yield out
+            yield pos, out
 
     def __iter__(self) -> Iterator[dict]:
         cfg = self.cfg
         self._log = SkipLog(cfg.max_consecutive_skips)
-        count = 0
+        self._reads = Counter()
+        worker = self._position()[2]
+        count = self._resume_point()[0]
         batch: list[dict] = []
         try:
-            for sample in self._samples():
+            if cfg.batches_per_worker is not None and count >= cfg.batches_per_worker:
+                return
+            for pos, sample in self._samples():
                 batch.append(sample)
                 if len(batch) == cfg.batch_size:
-                    yield collate(batch)
-                    batch = []
                     count += 1
+                    yield {**collate(batch), STATE_KEY: (worker, count, pos)}
+                    batch = []
                     if cfg.batches_per_worker is not None and count >= cfg.batches_per_worker:
                         return
             if batch and cfg.partial:
-                yield collate(batch)
+                yield {**collate(batch), STATE_KEY: (worker, count + 1, pos)}
         finally:
             self._log.summarise()
             self._share_pass()
@@ -449,31 +518,140 @@ class ShardStream(IterableDataset):
         )
 
 
+def _rank() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
 class ShardLoader(DataLoader):
-    """A DataLoader over a `ShardStream` whose every pass must give a batch.
+    """A DataLoader over a `ShardStream` whose every pass must give a batch, and that can resume.
 
     A worker only sees its own shards, so only the loader knows that the whole epoch was empty:
     then it raises the stream's `DataError` instead of ending an epoch of zero steps in silence.
+
+    Lightning saves `state_dict()` in its checkpoints and gives it back through `load_state_dict()`
+    on resume: the next pass of the same epoch then continues after the batches the training loop
+    had used (`consumed`, set by the DataModule, counts them; by default every batch yielded). The
+    loader's workers take batches in turn, so the resumed pass rotates the logical workers so that
+    the one whose batch came next comes first.
     """
+
+    consumed: Callable[[], int | None] | None = None
 
     def __iter__(self) -> Iterator[dict]:  # type: ignore[override]
         stream = self.dataset
         assert isinstance(stream, ShardStream)
         stream.start_epoch()
+        self._begin_pass(stream)
         batches = 0
         batches_iter = super().__iter__()
         try:
             for batch in batches_iter:
+                self._seen.append(batch.pop(STATE_KEY))
                 batches += 1
                 yield batch
+            self._pass["ended"] = True
         finally:
             # Stop the workers now: after an error the iterator lives on in the traceback, and its
             # workers would otherwise linger until it is collected (10 s of shutdown waits).
             shutdown = getattr(batches_iter, "_shutdown_workers", None)
             if shutdown is not None:
                 shutdown()
-        if batches == 0:
+        if batches == 0 and not self._pass["start"]:
             raise stream.empty_epoch_error()
+
+    def _layout(self) -> list:
+        """What must not change for a saved place to mean the same batches."""
+        cfg = self.dataset.cfg
+        return [cfg.seed, cfg.batch_size, max(1, self.num_workers), cfg.shuffle_buffer, len(cfg.urls)]
+
+    def _begin_pass(self, stream: ShardStream) -> None:
+        pending, self._pending = getattr(self, "_pending", None), None
+        self._seen: list[tuple[int, int, int]] = []
+        self._pass: dict = {"epoch": stream.epoch, "start": 0, "positions": {}, "next": 0, "ended": False}
+        stream.resume, stream.worker_offset = {}, 0
+        if pending is None or pending["epoch"] != stream.epoch:
+            return  # a fresh start, or the saved epoch had ended
+        if pending.get("complete"):
+            # Saved on the epoch's last batch: Lightning goes on with the next epoch without its
+            # epoch-start hook (which would set the stream's epoch), so move on here.
+            stream.epoch += 1
+            return
+        if pending["layout"] != self._layout():
+            log.warning(
+                "the train stream cannot resume where the checkpoint stopped (seed, batch size, workers, "
+                "shuffle buffer or shard count changed: %s, now %s): epoch %d restarts its data",
+                pending["layout"],
+                self._layout(),
+                stream.epoch,
+            )
+            return
+        positions = {int(w): (int(b), int(p)) for w, (b, p) in pending["positions"].items()}
+        stream.resume, stream.worker_offset = positions, int(pending["next"])
+        self._pass.update(start=int(pending["batches"]), positions=positions, next=int(pending["next"]))
+
+    def _rank_state(self) -> dict:
+        """This rank's place: the epoch, batches used, and per logical worker (batches, raw samples)."""
+        if not hasattr(self, "_pass"):  # no pass yet: keep what was loaded, if anything
+            return getattr(self, "_pending", None) or {}
+        start, seen = self._pass["start"], self._seen
+        used = self.consumed() if self.consumed is not None else None
+        used = len(seen) if used is None else min(max(0, used - start), len(seen))
+        positions, nxt = dict(self._pass["positions"]), self._pass["next"]
+        for worker, batches, raw in seen[:used]:
+            positions[worker] = (batches, raw)
+            nxt = (worker + 1) % max(1, self.num_workers)
+        length = self.dataset.cfg.batches_per_worker
+        complete = (self._pass["ended"] and used == len(seen)) or (
+            length is not None and start + used >= length * max(1, self.num_workers)
+        )
+        return {
+            "epoch": self._pass["epoch"],
+            "batches": start + used,
+            "complete": complete,
+            "positions": {str(w): [b, p] for w, (b, p) in sorted(positions.items())},
+            "next": nxt,
+            "layout": self._layout(),
+        }
+
+    def state_dict(self) -> dict:
+        """Every rank's place (gathered: Lightning writes rank 0's checkpoint for all ranks)."""
+        mine = self._rank_state()
+        rank, world = _rank()
+        states = [mine]
+        if world > 1:
+            states = [None] * world
+            torch.distributed.all_gather_object(states, mine)
+        return {"version": 1, "ranks": states}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Resume the next pass (if it is the saved epoch) where this rank's saved place says."""
+        rank, world = _rank()
+        ranks = state_dict.get("ranks") or []
+        if len(ranks) != world:
+            log.warning(
+                "the checkpoint's train stream state is for %d rank(s), this run has %d: the epoch "
+                "restarts its data",
+                len(ranks),
+                world,
+            )
+            self._pending = None
+            return
+        self._pending = ranks[rank] or None
+
+
+@contextlib.contextmanager
+def _sample_rng(seed: int, in_worker: bool) -> Iterator[None]:
+    """Seed the augmentation of one sample: its crops do not depend on the samples before it, so a
+    resumed pass can pass over samples undecoded. The main process's own RNG is put back after."""
+    if in_worker:
+        torch.default_generator.manual_seed(seed)
+        yield
+        return
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(seed)
+        yield
 
 
 def collate(samples: list[dict]) -> dict:

@@ -22,6 +22,7 @@ from typing import Any
 import timm
 import torch
 import torch.nn.functional as F
+from timm.layers import PatchDropout
 from torch import nn
 from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -128,6 +129,27 @@ class ImageTower(nn.Module):
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute block activations in backward (timm ``checkpoint_seq``)."""
         self.trunk.set_grad_checkpointing(enable)
+
+    def set_patch_dropout(self, prob: float) -> None:
+        """FLIP-style patch dropout: in training, keep a random ``1 - prob`` of the patch tokens.
+
+        timm applies ``trunk.patch_drop`` after the positional embedding and before ``ln_pre``, as open_clip
+        does; the class token is always kept, and in eval mode nothing is dropped. It is a training option,
+        not architecture: the module has no weights, so state dicts and the net config are unchanged.
+        """
+        if isinstance(prob, bool) or not isinstance(prob, int | float) or not 0.0 <= prob < 1.0:
+            raise ValueError(f"patch_dropout must be a fraction in [0, 1), got {prob!r}")
+        trunk = self.trunk
+        trunk.patch_drop = (
+            PatchDropout(float(prob), num_prefix_tokens=trunk.num_prefix_tokens)
+            if prob > 0
+            else nn.Identity()
+        )
+
+    @property
+    def patch_dropout(self) -> float:
+        """The fraction of patch tokens dropped in training (0 when off)."""
+        return float(getattr(self.trunk.patch_drop, "prob", 0.0))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """``images [B, 3, H, W]`` -> unnormalised embeddings ``[B, embed_dim]``."""
@@ -338,3 +360,13 @@ class CLIP(WeightDecayRule, nn.Module):
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.visual.set_grad_checkpointing(enable)
         self.text.set_grad_checkpointing(enable)
+
+    def set_patch_dropout(self, prob: float) -> None:
+        """Drop a fraction ``prob`` of the image patch tokens in training (see `ImageTower.set_patch_dropout`)."""
+        self.visual.set_patch_dropout(prob)
+
+    def compile_towers(self, **kwargs: Any) -> None:
+        """``torch.compile`` each tower in place (`nn.Module.compile`), so parameter names, state dicts,
+        checkpoints and exports stay exactly as without it; compilation happens at the first call."""
+        self.visual.compile(**kwargs)
+        self.text.compile(**kwargs)

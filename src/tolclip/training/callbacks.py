@@ -77,6 +77,8 @@ class ZeroShotEvaluation(Callback):
         self.output_csv = output_csv
         self.context_length = context_length
         self.results: list[RankResult] = []
+        # With model.accum_freq=K one global step spans K loader batches: evaluate each step once.
+        self._last_eval_step = -1
 
     def run(self, trainer, pl_module, templates: Sequence[str], prefix: str) -> list[RankResult]:
         dm = trainer.datamodule
@@ -94,7 +96,8 @@ class ZeroShotEvaluation(Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
-        if self.every_n_steps and step and step % self.every_n_steps == 0:
+        if self.every_n_steps and step and step % self.every_n_steps == 0 and step != self._last_eval_step:
+            self._last_eval_step = step
             self.run(trainer, pl_module, self.step_templates, "val_zeroshot")
 
     def on_train_end(self, trainer, pl_module) -> None:

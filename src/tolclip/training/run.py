@@ -18,6 +18,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from tolclip.data.stream import expand_shards
 from tolclip.training.callbacks import ZeroShotEvaluation
+from tolclip.training.init_from import apply_init_from
+from tolclip.training.resume import resume_path
 
 log = logging.getLogger(__name__)
 
@@ -45,12 +47,12 @@ def instantiate_all(cfg: DictConfig) -> tuple[L.LightningDataModule, L.Lightning
 
 
 def resolve_ckpt(ckpt_path: str | None, output_dir: str) -> str | None:
-    """The checkpoint to resume from, checked now: a bad file must not cost a start-up and a crash."""
-    if ckpt_path == "last":
-        path = Path(output_dir) / "checkpoints" / "last.ckpt"
-        if not path.exists():
-            raise FileNotFoundError(f"ckpt_path=last but {path} does not exist")
-        ckpt_path = str(path)
+    """The checkpoint to resume from, checked now: a bad file must not cost a start-up and a crash.
+    "auto"/"last": the run folder's newest checkpoint (training/resume.py), so a requeued job
+    continues where it stopped."""
+    if ckpt_path and ckpt_path not in ("auto", "last"):
+        check_checkpoint_file(ckpt_path)
+    ckpt_path = resume_path(ckpt_path, output_dir)
     if ckpt_path:
         check_checkpoint_file(ckpt_path)
     return ckpt_path
@@ -97,13 +99,17 @@ def check_data(datamodule: L.LightningDataModule, train: bool = True) -> None:
     writes the synthetic shards), so a typo ends the run before the first step, not after training.
     Sizes were checked when the DataModule was built."""
     if train and getattr(datamodule, "train_shards", None) is not None:
-        check_shard_set("data.train_shards", datamodule.train_shards)
+        # Sources mixed by weight are checked one by one, each named (`data.train_shards.inat21`).
+        sets = getattr(datamodule, "train_shard_sets", None)
+        for key, spec in sets() if sets else [("data.train_shards", datamodule.train_shards)]:
+            check_shard_set(key, spec)
     for name, spec in (getattr(datamodule, "eval_sets", None) or {}).items():
         check_shard_set(f"data.eval_sets.{name}", spec)
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Run one training job; returns the trainer's final metrics and the zero-shot results."""
+    apply_init_from(cfg)  # first: the data configs read the net sizes that released weights may set
     L.seed_everything(cfg.seed, workers=True)
     # Every path is checked before anything is logged or trained: the checkpoint first (cheap), the
     # shards after prepare_data, which writes the synthetic set (Lightning's own call reuses it).

@@ -1,5 +1,6 @@
 """What every tolclip training module shares: AdamW over the net's own weight-decay groups, a linear
-warmup then cosine learning rate, and epoch-seeded data (so a resumed run replays its epoch)."""
+warmup then cosine learning rate, and epoch-seeded data (the stateful train loader then resumes
+mid-epoch exactly where a checkpoint left it)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,16 @@ def warmup_cosine(warmup_steps: int, total_steps: int, min_ratio: float = 0.0):
     return factor
 
 
+def resolve_fused(value: object, device: torch.device) -> bool:
+    """`model.optimizer.fused`: "auto" is PyTorch's fused AdamW kernel on CUDA (one kernel for all
+    parameters instead of several per tensor) and the default multi-tensor loop elsewhere; true/false force it."""
+    if value == "auto":
+        return device.type == "cuda"
+    if isinstance(value, bool):
+        return value
+    raise ValueError(f"model.optimizer.fused must be auto, true or false, got {value!r}")
+
+
 class ScheduledModule(L.LightningModule):
     """What every tolclip training module shares: epoch seeding, AdamW + warmup-cosine.
 
@@ -28,10 +39,14 @@ class ScheduledModule(L.LightningModule):
     """
 
     def on_train_epoch_start(self) -> None:
-        # Resampling and augmentation seeds follow the epoch, so a resumed run replays it exactly.
+        # Resampling and augmentation seeds follow the epoch (the loader state then finds the batch).
         dm = getattr(self.trainer, "datamodule", None)
         if hasattr(dm, "set_epoch"):
             dm.set_epoch(self.trainer.fit_loop.epoch_progress.current.processed)
+
+    def steps_per_epoch(self, batches: int) -> int:
+        """Optimiser steps in an epoch of `batches` loader batches (Lightning also steps on a short last group)."""
+        return math.ceil(batches / self.trainer.accumulate_grad_batches)
 
     def total_steps(self) -> int:
         """Optimiser steps in the whole run, for the schedule.
@@ -50,17 +65,22 @@ class ScheduledModule(L.LightningModule):
                     "or use data.resampled=true with data.epoch_samples"
                 )
             return int(total)
-        total = trainer.max_epochs * math.ceil(per_epoch / trainer.accumulate_grad_batches)
+        total = trainer.max_epochs * self.steps_per_epoch(per_epoch)
         return min(total, trainer.max_steps) if trainer.max_steps > 0 else total
 
     def configure_optimizers(self):
         opt = dict(self.hparams.optimizer)
-        # No decay on biases, norms, logit scale and embeddings: the net knows which those are.
+        # No decay on biases, norms, logit scale (and embeddings unless decay_embeddings, open_clip's
+        # rule): the net knows which those are.
+        include_embeddings = not opt.pop("decay_embeddings", False)
+        groups = self.net.param_groups(opt.pop("weight_decay", 0.0), include_embeddings)
+        device = next((p.device for g in groups for p in g["params"]), self.device)
         optimizer = torch.optim.AdamW(
-            self.net.param_groups(opt.pop("weight_decay", 0.0)),
+            groups,
             lr=opt.pop("lr"),
             betas=tuple(opt.pop("betas", (0.9, 0.98))),
             eps=opt.pop("eps", 1e-6),
+            fused=resolve_fused(opt.pop("fused", "auto"), device),
             **opt,
         )
         sched = dict(self.hparams.scheduler)
