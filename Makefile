@@ -68,7 +68,7 @@ sweep-text-types: $(STAMP) ## text-type ablation: train on each text type (Hydra
 
 bench: bench-train bench-shards bench-eval ## all benchmarks
 
-bench-train: $(STAMP) ## training samples/s: tolclip vs open_clip at identical sizes (caption-length and full-context tokens)
+bench-train: $(STAMP) ## training samples/s: tolclip vs open_clip (caption-length and full-context tokens); end to end from shards vs model only; feature-cache accumulation vs one big batch
 	$(PY) scripts/bench_train.py $(ARGS)
 	$(PY) scripts/bench_train.py --min-words 75 --max-words 75 $(ARGS)
 	$(PY) scripts/bench_train_e2e.py $(E2E_ARGS)

@@ -52,6 +52,10 @@ TAIL=24 step bench_train_bf16 270 "${VIT_B16[@]}" --batch 256 --settings bf16 bf
 # The throughput options through Lightning on CUDA: compiled towers, patch dropout, fused AdamW, bf16.
 step train_options 100 python3 -m tolclip train trainer=gpu logger=csv trainer.max_epochs=1 data.num_workers=6 \
     model.compile=true model.patch_dropout=0.5 callbacks.zero_shot.text_types=[taxon]
+# End to end (issue 10): ViT-B/16 fed by the DataModule with 16 loader workers vs the same model on
+# in-memory batches; target >= 0.9 (not yet run on a device).
+TAIL=10 step bench_e2e 120 python3 scripts/bench_train_e2e.py --steps 10 --rounds 2 model=vit_b16 trainer=gpu \
+    data.num_workers=16 data.batch_size=256
 TAIL=20 step bench_eval 120 python3 scripts/bench_eval.py --device cuda --root "$BUTTERFLIES" \
     --images 500 --batch-size 125 --workers 0 8 --rounds 3
 step suite 100 python3 -m tolclip eval-suite suite/model=random_openclip_b16 suite/task=shared_butterflies \

@@ -1,8 +1,10 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from tolclip.core.taxonomy import Taxon
 from tolclip.core.tokenizer import get_tokenizer
@@ -207,3 +209,31 @@ def test_prepare_data_writes_the_synthetic_shards_once(tmp_path):
     dm.prepare_data()  # complete and unchanged: reused, not rewritten
     assert manifest.stat().st_mtime_ns == stamp
     assert next(iter(dm.eval_dataloader("seen")))["image"].shape[1:] == (3, 32, 32)
+
+
+def test_train_augmentation_is_torchvisions_crop_then_clip_normalisation() -> None:
+    """The fast training transform must give exactly what torchvision's chain gives for its crop, and
+    draw crops within RandomResizedCrop's bounds, reproducibly under a seed."""
+    import torchvision.transforms as T
+
+    from tolclip.core.constants import CLIP_MEAN, CLIP_STD
+    from tolclip.data.transforms import train_transform
+
+    rng = np.random.default_rng(0)
+    img = Image.fromarray(rng.integers(0, 255, (90, 120, 3), dtype=np.uint8))
+    aug = train_transform(32, (0.5, 1.0))
+    torch.manual_seed(3)
+    out = aug(img)
+    torch.manual_seed(3)
+    box = aug.box(*img.size)
+    reference = T.Compose([T.ToTensor(), T.Normalize(CLIP_MEAN, CLIP_STD)])
+    expected = reference(img.crop(box).resize((32, 32), Image.Resampling.BICUBIC))
+    assert out.shape == (3, 32, 32) and out.dtype == torch.float32
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
+    boxes = {aug.box(120, 90) for _ in range(300)}
+    assert len(boxes) > 50  # random
+    for left, top, right, bottom in boxes:
+        w, h = right - left, bottom - top
+        assert 0 <= left and right <= 120 and 0 <= top and bottom <= 90
+        assert 0.5 * 120 * 90 * 0.97 <= w * h <= 120 * 90
+        assert 3 / 4 * 0.95 <= w / h <= 4 / 3 * 1.05 or (w, h) == (90, 90)  # the centre-square fallback

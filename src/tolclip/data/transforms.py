@@ -6,10 +6,12 @@ One evaluation transform serves our own eval sets and imported open_clip/BioCLIP
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 from torchvision import transforms as T
@@ -107,14 +109,49 @@ class Preprocess:
         )
 
 
+class RandomCropToTensor:
+    """Training augmentation: torchvision's ``RandomResizedCrop`` (same parameter draw: area in
+    `scale`, aspect ratio log-uniform in [3/4, 4/3], 10 tries, then a centre crop) with bicubic
+    resampling, then CLIP normalisation, in about a third of the time of the torchvision chain.
+
+    The loader shares the CPU with training, so its cost per sample is taken from the model: one
+    torch draw per try instead of four, crop and resize in one PIL call, and the float conversion
+    and normalisation in one fused step. Randomness comes from torch's generator, which the stream
+    seeds per sample (a resumed run passes over samples without decoding them).
+    """
+
+    def __init__(self, size: int, scale: tuple[float, float] = (0.9, 1.0)) -> None:
+        self.size = int(size)
+        self.scale = (float(scale[0]), float(scale[1]))
+        self.mean = torch.tensor(CLIP_MEAN).view(3, 1, 1) * 255.0
+        self.inv_std = 1.0 / (torch.tensor(CLIP_STD).view(3, 1, 1) * 255.0)
+
+    def box(self, width: int, height: int) -> tuple[int, int, int, int]:
+        """(left, top, right, bottom) of the crop, drawn as torchvision's ``get_params``."""
+        area = width * height
+        lo, hi = math.log(3 / 4), math.log(4 / 3)
+        for _ in range(10):
+            u_area, u_ratio, u_top, u_left = torch.rand(4).tolist()
+            target = area * (self.scale[0] + u_area * (self.scale[1] - self.scale[0]))
+            ratio = math.exp(lo + u_ratio * (hi - lo))
+            w = round(math.sqrt(target * ratio))
+            h = round(math.sqrt(target / ratio))
+            if 0 < w <= width and 0 < h <= height:
+                top = min(int(u_top * (height - h + 1)), height - h)
+                left = min(int(u_left * (width - w + 1)), width - w)
+                return left, top, left + w, top + h
+        w, h = min(width, height), min(width, height)  # fallback: the centre square, as torchvision
+        left, top = (width - w) // 2, (height - h) // 2
+        return left, top, left + w, top + h
+
+    def __call__(self, img: Image.Image) -> torch.Tensor:
+        img = img.crop(self.box(*img.size)).resize((self.size, self.size), Image.Resampling.BICUBIC)
+        pixels = torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1)
+        return (pixels.float() - self.mean) * self.inv_std
+
+
 def train_transform(image_size: int, scale: tuple[float, float] = (0.9, 1.0)) -> Callable:
-    return T.Compose(
-        [
-            T.RandomResizedCrop(image_size, scale=tuple(scale), interpolation=T.InterpolationMode.BICUBIC),
-            T.ToTensor(),
-            T.Normalize(CLIP_MEAN, CLIP_STD),
-        ]
-    )
+    return RandomCropToTensor(image_size, tuple(scale))
 
 
 def eval_transform(image_size: int) -> Callable:
