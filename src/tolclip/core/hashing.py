@@ -1,9 +1,10 @@
-"""Stable content hashes: sample keys, exact-duplicate detection and cache keys all use sha256."""
+"""Stable content hashes: sample keys, exact-duplicate detection, cache keys and weight files all use sha256."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 from typing import Any
 
 
@@ -15,6 +16,15 @@ def sha256_hex(data: bytes | str) -> str:
     """
     raw = data.encode("utf-8", "surrogateescape") if isinstance(data, str) else data
     return hashlib.sha256(raw).hexdigest()
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 24) -> str:
+    """sha256 hex digest of a file, read in chunks (release weights are hundreds of MB)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def fingerprint(*parts: Any, length: int = 20) -> str:

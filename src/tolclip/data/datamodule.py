@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 
 from tolclip.core.captions import MIXED, TEXT_TYPES, check_text_type
 from tolclip.core.taxonomy import SpeciesKey, species_key
-from tolclip.data.mixing import is_weighted, train_sources
+from tolclip.data.mixing import is_weighted, require_resampled, train_sources
 from tolclip.data.shards import scan_species
 from tolclip.data.stream import DataError, ShardLoader, ShardStream, StreamConfig, expand_shards
 from tolclip.data.transforms import eval_transform, train_transform
@@ -267,11 +267,7 @@ def _check_train_shards(train_shards: object, resampled: bool, epoch_samples: in
         raise ValueError("a resampled train stream needs epoch_samples (samples per epoch, all ranks)")
     if is_weighted(train_shards):
         train_sources(train_shards)  # a bad weight or key fails when the config is read
-        if not resampled:
-            raise ValueError(
-                "data.train_shards mixes sources by weight, which needs data.resampled=true "
-                "(a finite pass over each source would not follow the weights)"
-            )
+        require_resampled(resampled)
 
 
 def _check_sizes(**values: object) -> None:

@@ -73,6 +73,15 @@ def _source(name: object, value: object) -> Source:
     return Source(name, _shards(key, value["shards"]), _weight(key, value.get("weight", 1.0)))
 
 
+def require_resampled(resampled: bool) -> None:
+    """Weights are proportions of an endless draw: a finite pass over each source cannot follow them."""
+    if not resampled:
+        raise ValueError(
+            f"{KEY} mixes sources by weight, which needs data.resampled=true "
+            "(a finite pass over each source would not follow the weights)"
+        )
+
+
 def train_sources(spec: str | Sequence[str] | Mapping[str, object]) -> list[Source]:
     """The sources of `data.train_shards`, checked: one unnamed source for a plain shard set."""
     if not is_weighted(spec):
@@ -86,4 +95,4 @@ def train_sources(spec: str | Sequence[str] | Mapping[str, object]) -> list[Sour
     return sources
 
 
-__all__ = ["Source", "is_weighted", "train_sources"]
+__all__ = ["Source", "is_weighted", "require_resampled", "train_sources"]

@@ -48,6 +48,7 @@ from tolclip.core.captions import CAPTION_FILES, caption
 from tolclip.core.taxonomy import Taxon
 from tolclip.core.tokenizer import get_tokenizer
 from tolclip.data.images import ImageError, load_image
+from tolclip.data.mixing import require_resampled
 from tolclip.data.pipe import DEFAULT_TIMEOUT as DEFAULT_PIPE_TIMEOUT
 from tolclip.data.pipe import open_shard
 from tolclip.data.shards import IMAGE_FILE, TAXON_FILE, decode_taxon, has_tar_end
@@ -83,10 +84,15 @@ def expand_shards(spec: str | Sequence[str]) -> list[str]:
     return urls
 
 
-def _worker_info() -> tuple[int, int, int, int]:
-    rank, world = 0, 1
+def _rank() -> tuple[int, int]:
+    """(rank, world size) of torch.distributed, or (0, 1) without it."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
-        rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def _worker_info() -> tuple[int, int, int, int]:
+    rank, world = _rank()
     info = get_worker_info()
     worker, workers = (info.id, info.num_workers) if info else (0, 1)
     return rank, world, worker, workers
@@ -282,11 +288,8 @@ class ShardStream(IterableDataset):
                 f"batch_size and max_consecutive_skips must be positive, got {config.batch_size}"
                 f" and {config.max_consecutive_skips}"
             )
-        if config.sources and not config.resampled:
-            raise ValueError(
-                "data.train_shards mixes sources by weight, which needs data.resampled=true "
-                "(a finite pass over each source would not follow the weights)"
-            )
+        if config.sources:
+            require_resampled(config.resampled)
         self.cfg = config
         self.epoch = 0  # set by the DataModule each epoch so resampling differs between epochs
         # Where each logical worker resumes, {worker: (batches, raw samples)}, and which logical
@@ -516,12 +519,6 @@ class ShardStream(IterableDataset):
             f"an epoch of {shards} gave no batch: {used} usable sample(s), fewer than one batch of "
             f"{self.cfg.batch_size} per loader worker (incomplete batches are dropped in training)"
         )
-
-
-def _rank() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
 
 
 class ShardLoader(DataLoader):

@@ -14,7 +14,6 @@ differ: the image positional embedding is then resized as open_clip's ``resize_p
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import math
 import os
 from collections.abc import Mapping
@@ -39,7 +38,6 @@ __all__ = [
     "TOLCLIP_CKPT",
     "WeightsSource",
     "describe_source",
-    "file_sha256",
     "load_into",
     "reconcile",
     "resize_pos_embed",
@@ -61,15 +59,6 @@ class WeightsSource:
     weights: Path  # the file whose bytes are the weights (a folder's weights file; else `path`)
     net_config: NetConfig
     quick_gelu: bool | None  # the activation choice it was read with (None for our checkpoints)
-
-
-def file_sha256(path: Path, chunk: int = 1 << 24) -> str:
-    """sha256 hex digest of a file, read in chunks (release weights are hundreds of MB)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _shapes(path: Path) -> Mapping[str, torch.Tensor]:

@@ -20,8 +20,9 @@ from typing import Any
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from tolclip.core.hashing import file_sha256
 from tolclip.models.config import as_plain_dict
-from tolclip.models.pretrained import WeightsSource, describe_source, file_sha256, reconcile
+from tolclip.models.pretrained import WeightsSource, describe_source, reconcile
 
 __all__ = ["INIT_FILE", "REQUIRED", "apply_init_from"]
 

@@ -52,10 +52,8 @@ def resolve_ckpt(ckpt_path: str | None, output_dir: str) -> str | None:
     continues where it stopped."""
     if ckpt_path and ckpt_path not in ("auto", "last"):
         check_checkpoint_file(ckpt_path)
-    ckpt_path = resume_path(ckpt_path, output_dir)
-    if ckpt_path:
-        check_checkpoint_file(ckpt_path)
-    return ckpt_path
+    # What the run folder offers instead was checked there: only whole zip archives are taken.
+    return resume_path(ckpt_path, output_dir)
 
 
 def check_checkpoint_file(ckpt_path: str, key: str = "ckpt_path") -> None:
