@@ -112,11 +112,11 @@ class Preprocess:
 class RandomCropToTensor:
     """Training augmentation: torchvision's ``RandomResizedCrop`` (same parameter draw: area in
     `scale`, aspect ratio log-uniform in [3/4, 4/3], 10 tries, then a centre crop) with bicubic
-    resampling, then CLIP normalisation, in about a third of the time of the torchvision chain.
+    resampling, then CLIP normalisation, with fewer operations than the torchvision chain.
 
     The loader shares the CPU with training, so its cost per sample is taken from the model: one
-    torch draw per try instead of four, crop and resize in one PIL call, and the float conversion
-    and normalisation in one fused step. Randomness comes from torch's generator, which the stream
+    torch draw per try instead of several, and the uint8-to-float conversion and normalisation in
+    two tensor operations. Randomness comes from torch's generator, which the stream
     seeds per sample (a resumed run passes over samples without decoding them).
     """
 
