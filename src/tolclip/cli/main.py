@@ -53,6 +53,19 @@ COMMANDS: dict[str, Command] = {
         False,
         "open_clip / BioCLIP weights: show what a file holds, export a checkpoint to open_clip",
     ),
+    "predict": Command(
+        "tolclip.cli.predict:predict_main",
+        False,
+        "name the organisms in photos: Tree-of-Life ranks or your own labels, for any model",
+    ),
+    "embed": Command(
+        "tolclip.cli.predict:embed_main", False, "image or label embeddings to parquet, npy or CSV"
+    ),
+    "index": Command(
+        "tolclip.cli.predict:index_main",
+        False,
+        "build a Tree-of-Life label index (class-text embeddings of a taxonomy) for a model",
+    ),
     "report": Command(
         "tolclip.cli.report:main",
         False,

@@ -152,6 +152,24 @@ def load_image(path_or_bytes: str | os.PathLike | bytes, max_pixels: int = DEFAU
             return rgb.copy() if rgb is image else rgb
 
 
+ImageInput = str | os.PathLike | bytes | Image.Image
+
+
+def load_any(item: ImageInput, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """`load_image` for a path or bytes; an already opened Pillow image is made upright RGB the same way."""
+    if not isinstance(item, Image.Image):
+        return load_image(item, max_pixels=max_pixels)
+    width, height = item.size
+    if width * height > max_pixels:
+        raise ImageError(f"too large: {width}×{height}")
+    try:
+        upright = ImageOps.exif_transpose(item)
+    except Exception as e:  # malformed EXIF raises assorted errors
+        raise ImageError(f"bad EXIF: {e.__class__.__name__}") from e
+    _decode(upright)
+    return to_rgb(upright)
+
+
 def resize(image: Image.Image, mode: ResizeMode, size: int) -> Image.Image:
     """Resize for storage.
 

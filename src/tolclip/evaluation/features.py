@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from tolclip.data.images import ImageError, load_image
+from tolclip.data.images import ImageError, ImageInput, load_any
 from tolclip.models.io import load_weights_only
 
 __all__ = ["FeatureCache", "ImageFeatures", "extract_image_features", "file_stamp"]
@@ -34,21 +34,22 @@ def file_stamp(path: str | os.PathLike) -> list[list[Any]]:
 
 @dataclass
 class ImageFeatures:
-    features: torch.Tensor  # [M, D] float32, L2-normalised, for the readable images
-    index: torch.Tensor  # [M] positions of those images in the task
+    features: torch.Tensor  # [M, D] float32 (L2-normalised unless asked not to), for the readable images
+    index: torch.Tensor  # [M] positions of those images in the input
     failed: list[str] = field(default_factory=list)  # "path: reason" for the unreadable ones
+    reasons: dict[int, str] = field(default_factory=dict)  # position -> reason, for the unreadable ones
 
 
 class _Images(Dataset):
-    def __init__(self, paths: Sequence[str], transform: Callable) -> None:
-        self.paths, self.transform = list(paths), transform
+    def __init__(self, items: Sequence[ImageInput], transform: Callable) -> None:
+        self.items, self.transform = list(items), transform
 
     def __len__(self) -> int:
-        return len(self.paths)
+        return len(self.items)
 
     def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str]:
         try:
-            return i, self.transform(load_image(self.paths[i])), ""
+            return i, self.transform(load_any(self.items[i])), ""
         except ImageError as err:
             return i, None, err.reason
 
@@ -66,12 +67,20 @@ def _collate(
 def extract_image_features(
     encode_image: Callable[[torch.Tensor], torch.Tensor],
     transform: Callable,
-    paths: Sequence[str],
+    paths: Sequence[ImageInput],
     batch_size: int = 64,
     num_workers: int = 0,
     device: str | torch.device = "cpu",
+    *,
+    normalize: bool = True,
+    allow_none: bool = False,
+    progress: Callable[[int], None] | None = None,
 ) -> ImageFeatures:
-    """Normalised features of every readable image, in task order; unreadable ones are listed."""
+    """Features of every readable image (paths or PIL images), in input order; unreadable ones are listed.
+
+    ``progress(n)`` is called after each batch with the number of inputs it covered. With ``allow_none``
+    an input of which nothing can be read gives empty features instead of an error.
+    """
     on_gpu = torch.device(device).type == "cuda"
     loader = DataLoader(
         _Images(paths, transform),
@@ -81,17 +90,25 @@ def extract_image_features(
         shuffle=False,
         pin_memory=on_gpu,
     )
-    feats, index, failed = [], [], []
+    feats, index, reasons = [], [], {}
     for idx, images, bad in loader:
-        failed += [f"{paths[i]}: {reason}" for i, reason in bad]
-        if images is None:
-            continue
-        out = encode_image(images.to(device, non_blocking=on_gpu))
-        feats.append(torch.nn.functional.normalize(out.float(), dim=-1).cpu())
-        index += idx
+        reasons.update(bad)
+        if images is not None:
+            out = encode_image(images.to(device, non_blocking=on_gpu)).float()
+            feats.append((torch.nn.functional.normalize(out, dim=-1) if normalize else out).cpu())
+            index += idx
+        if progress is not None:
+            progress(len(idx) + len(bad))
+    failed = [f"{_label(paths[i], i)}: {reason}" for i, reason in reasons.items()]
     if not feats:
-        raise ValueError(f"none of the {len(paths)} images could be read (first: {failed[:1]})")
-    return ImageFeatures(torch.cat(feats), torch.tensor(index, dtype=torch.long), failed)
+        if not allow_none or not paths:
+            raise ValueError(f"none of the {len(paths)} images could be read (first: {failed[:1]})")
+        return ImageFeatures(torch.empty(0, 0), torch.empty(0, dtype=torch.long), failed, reasons)
+    return ImageFeatures(torch.cat(feats), torch.tensor(index, dtype=torch.long), failed, reasons)
+
+
+def _label(item: ImageInput, i: int) -> str:
+    return str(item) if isinstance(item, str | os.PathLike) else f"image {i}"
 
 
 class FeatureCache:

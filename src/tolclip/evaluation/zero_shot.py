@@ -24,6 +24,9 @@ from tolclip.evaluation.metrics import top_k_accuracy
 
 log = logging.getLogger(__name__)
 
+# Prompts tokenised at a time when building class embeddings (x 77 int64 tokens: about 40 MB).
+TOKENIZE_CHUNK = 65536
+
 
 @torch.no_grad()
 def text_classifier(
@@ -32,16 +35,32 @@ def text_classifier(
     class_names: Sequence[str],
     templates: Sequence[str],
     batch_size: int = 512,
+    progress: Callable[[int], None] | None = None,
 ) -> torch.Tensor:
-    """[C, D] class embeddings: per class, the renormalised mean over templates."""
+    """[C, D] class embeddings: per class, the renormalised mean over templates.
+
+    Prompts are encoded in order of token length, so each batch is cut at its own longest prompt (the
+    text tower drops positions after the batch's last end-of-text token, which cannot change the pooled
+    output under causal attention). ``progress(n)`` is told of every ``n`` classes done.
+    """
     device = next(model.parameters()).device
-    prompts = [t.format(n) for n in class_names for t in templates]
-    chunks = []
-    for i in range(0, len(prompts), batch_size):
-        tokens = tokenizer(prompts[i : i + batch_size]).to(device)
-        chunks.append(model.encode_text(tokens, normalize=True).float())
-    emb = torch.cat(chunks).view(len(class_names), len(templates), -1).mean(dim=1)
-    return torch.nn.functional.normalize(emb, dim=-1)
+    per_chunk = max(1, TOKENIZE_CHUNK // max(1, len(templates)))  # bounds the token tensor's memory
+    out = []
+    for start in range(0, len(class_names), per_chunk):
+        names = class_names[start : start + per_chunk]
+        tokens = tokenizer([t.format(n) for n in names for t in templates])
+        order = torch.argsort(tokens.argmax(dim=-1), stable=True)
+        emb = torch.empty(len(tokens), 0)
+        for i in range(0, len(order), batch_size):
+            rows = order[i : i + batch_size]
+            chunk = model.encode_text(tokens[rows].to(device), normalize=True).float().cpu()
+            if emb.shape[1] == 0:
+                emb = torch.empty(len(tokens), chunk.shape[1])
+            emb[rows] = chunk
+        out.append(emb.view(len(names), len(templates), -1).mean(dim=1))
+        if progress is not None:
+            progress(len(names))
+    return torch.nn.functional.normalize(torch.cat(out), dim=-1).to(device)
 
 
 @torch.no_grad()

@@ -20,7 +20,7 @@ from tolclip.models.open_clip_config import QUICK_GELU_HELP, infer_net_config, r
 from tolclip.models.towers import CLIP
 from tolclip.models.weights import net_from_open_clip, read_release, read_state_dict
 
-__all__ = ["LoadedModel", "load_model", "load_open_clip", "load_tolclip"]
+__all__ = ["LoadedModel", "load_model", "load_open_clip", "load_path", "load_tolclip", "run_checkpoint"]
 
 
 @dataclass
@@ -114,3 +114,30 @@ def load_model(spec: Mapping[str, Any]) -> LoadedModel:
     if spec.get("name"):
         loaded.name = str(spec["name"])
     return loaded
+
+
+def run_checkpoint(run_dir: str | os.PathLike) -> Path:
+    """The checkpoint a training run folder offers for inference: ``checkpoints/last.ckpt``, else its newest."""
+    folder = Path(run_dir)
+    last = folder / "checkpoints" / "last.ckpt"
+    if last.is_file():
+        return last
+    found = sorted((folder / "checkpoints").glob("*.ckpt"), key=lambda p: p.stat().st_mtime_ns)
+    if not found:
+        raise FileNotFoundError(f"{folder}: a tolclip run folder with no checkpoints/*.ckpt yet")
+    return found[-1]
+
+
+def load_path(path: str | os.PathLike, quick_gelu: bool | None = None) -> LoadedModel:
+    """Load whatever a user points at: an open_clip/BioCLIP release folder, a bare open_clip state dict
+    (``quick_gelu`` needed), a tolclip ``.ckpt``, or a tolclip training run folder (its last checkpoint)."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise FileNotFoundError(f"model {p} does not exist")
+    if p.is_dir() and (p / ".hydra").is_dir():
+        p = run_checkpoint(p)
+    if p.suffix == ".ckpt":
+        if quick_gelu is not None:
+            raise ValueError(f"{p}: --quick-gelu applies to open_clip state dicts, not tolclip checkpoints")
+        return load_tolclip(p)
+    return load_open_clip(p, quick_gelu)
