@@ -36,8 +36,18 @@ class BagModel(torch.nn.Module):
 
 
 class Texts(list):
-    def to(self, device):  # stands in for a token tensor moved to the model's device
+    """Stands in for a token tensor: moved to a device, EOT positions (argmax), rows picked by a tensor."""
+
+    def to(self, device):
         return self
+
+    def argmax(self, dim=-1):
+        return torch.tensor([len(t) for t in self])
+
+    def __getitem__(self, index):
+        if isinstance(index, torch.Tensor):
+            return Texts(list.__getitem__(self, i) for i in index.tolist())
+        return list.__getitem__(self, index)
 
 
 def identity_tokenizer(texts):
