@@ -26,7 +26,7 @@ from tolclip.core.templates import TEMPLATE_SETS
 from tolclip.data.images import ImageError
 from tolclip.evaluation.suite import latest_checkpoint
 from tolclip.evaluation.tasks import TaskError
-from tolclip.models.loading import LoadedModel, load_path
+from tolclip.models.loading import LoadedModel, load_path, pick_device
 from tolclip.prediction.classify import (
     LABEL_COLUMNS,
     TOL_COLUMNS,
@@ -35,10 +35,11 @@ from tolclip.prediction.classify import (
     TreeOfLifeClassifier,
     read_bins,
 )
-from tolclip.prediction.encode import embed_images, pick_device
+from tolclip.prediction.encode import embed_images
 from tolclip.prediction.index import (
     IndexError_,
     build_index,
+    classes_fingerprint,
     default_cache_dir,
     index_dir,
     model_fingerprint,
@@ -59,6 +60,14 @@ def _default_workers() -> int:
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
+    _model_source_args(p)
+    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
+    p.add_argument("--workers", type=int, default=_default_workers(), help="image-decoding processes")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar")
+
+
+def _model_source_args(p: argparse.ArgumentParser) -> None:
+    """--model, --quick-gelu, --device: which model, on what (also `tolclip demo`'s)."""
     p.add_argument(
         "--model",
         help="an open_clip/BioCLIP folder, a state dict (.safetensors/.bin/.pt), a tolclip .ckpt or run "
@@ -71,9 +80,6 @@ def _model_args(p: argparse.ArgumentParser) -> None:
         help="activation of a bare state dict (OpenAI CLIP/BioCLIP: --quick-gelu; LAION: --no-quick-gelu)",
     )
     p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps")
-    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
-    p.add_argument("--workers", type=int, default=_default_workers(), help="image-decoding processes")
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar")
 
 
 def _cache_args(p: argparse.ArgumentParser) -> None:
@@ -371,7 +377,7 @@ def _run_index(args: argparse.Namespace) -> int:
     out = args.out or index_dir(
         args.cache_dir or default_cache_dir(),
         fp,
-        taxa.fingerprint(),
+        classes_fingerprint(taxa.taxa),
         args.text_type,
         templates_key(args.templates)[0],
     )

@@ -13,8 +13,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from tolclip.core.resources import CONFIG_PATH
 from tolclip.evaluation.features import FeatureCache
-from tolclip.evaluation.suite import evaluate, load_eval_model, pick_device, summary_line
+from tolclip.evaluation.suite import evaluate, load_eval_model, summary_line
 from tolclip.evaluation.tasks import describe, load_task
+from tolclip.models.loading import pick_device
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="eval_suite")

@@ -81,12 +81,6 @@ def latest_checkpoint(log_dir: str | Path) -> Path:
     return found[-1]
 
 
-def pick_device(name: str = "auto") -> str:
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
-
-
 def load_eval_model(spec: Mapping[str, Any], log_dir: str | Path = "logs", device: str = "cpu") -> EvalModel:
     """Load a model described by an `suite/model` config: kind tolclip | open_clip | supervised."""
     spec = dict(spec)

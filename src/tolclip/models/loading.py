@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from tolclip.data.transforms import Preprocess
 from tolclip.models.checkpoints import load_net, run_net_config
 from tolclip.models.config import NetConfig
@@ -20,7 +22,15 @@ from tolclip.models.open_clip_config import QUICK_GELU_HELP, infer_net_config, r
 from tolclip.models.towers import CLIP
 from tolclip.models.weights import net_from_open_clip, read_release, read_state_dict
 
-__all__ = ["LoadedModel", "load_model", "load_open_clip", "load_path", "load_tolclip", "run_checkpoint"]
+__all__ = [
+    "LoadedModel",
+    "load_model",
+    "load_open_clip",
+    "load_path",
+    "load_tolclip",
+    "pick_device",
+    "run_checkpoint",
+]
 
 
 @dataclass
@@ -141,3 +151,15 @@ def load_path(path: str | os.PathLike, quick_gelu: bool | None = None) -> Loaded
             raise ValueError(f"{p}: --quick-gelu applies to open_clip state dicts, not tolclip checkpoints")
         return load_tolclip(p)
     return load_open_clip(p, quick_gelu)
+
+
+def pick_device(name: str = "auto") -> str:
+    """``auto``: CUDA, then Apple's MPS, then the CPU."""
+    if name != "auto":
+        if name.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError(f"device {name!r} asked for, but CUDA is not available here")
+        return name
+    if torch.cuda.is_available():
+        return "cuda"
+    mps = getattr(torch.backends, "mps", None)
+    return "mps" if mps is not None and mps.is_available() else "cpu"

@@ -19,8 +19,8 @@ import torch
 from tolclip.core.taxonomy import RANKS, Taxon, lineage
 from tolclip.data.images import ImageInput
 from tolclip.evaluation.metrics import group_index, sum_into_groups
-from tolclip.models.loading import LoadedModel, load_path
-from tolclip.prediction.encode import ImageEmbeddings, embed_images, pick_device
+from tolclip.models.loading import LoadedModel, load_path, pick_device
+from tolclip.prediction.encode import ImageEmbeddings, embed_images
 from tolclip.prediction.index import (
     LabelIndex,
     cached_index,

@@ -37,18 +37,6 @@ def image_key(item: ImageInput, position: int) -> str:
     return os.fspath(item) if isinstance(item, str | os.PathLike) else str(position)
 
 
-def pick_device(name: str = "auto") -> str:
-    """``auto``: CUDA, then Apple's MPS, then the CPU."""
-    if name != "auto":
-        if name.startswith("cuda") and not torch.cuda.is_available():
-            raise ValueError(f"device {name!r} asked for, but CUDA is not available here")
-        return name
-    if torch.cuda.is_available():
-        return "cuda"
-    mps = getattr(torch.backends, "mps", None)
-    return "mps" if mps is not None and mps.is_available() else "cpu"
-
-
 def _progress_bar(total: int, enabled: bool | None):
     show = enabled if enabled is not None else (sys.stderr.isatty() and total >= PROGRESS_MIN_IMAGES)
     if not show:

@@ -154,7 +154,7 @@ def build_index(
         "context_length": context,
         "count": len(names),
         "dim": int(emb.shape[1]),
-        "classes_fingerprint": fingerprint(_class_rows(names, taxa), length=16),
+        "classes_fingerprint": classes_fingerprint(classes),
         "source": source,
         "seconds": round(time.perf_counter() - start, 3),
         "tolclip_version": __version__,
@@ -162,10 +162,11 @@ def build_index(
     return LabelIndex(emb.float(), meta["kind"], names, taxa, meta)
 
 
-def _class_rows(names: Sequence[str], taxa: Sequence[Taxon] | None) -> list[list[str]]:
-    if taxa is None:
-        return [[n] for n in names]
-    return [[*t.ranks, t.common] for t in taxa]
+def classes_fingerprint(classes: Sequence[Taxon] | Sequence[str]) -> str:
+    """Identifies a class list: taxa by their ranks and common names, labels by their text."""
+    if classes and isinstance(classes[0], Taxon):
+        return fingerprint([[*t.ranks, t.common] for t in classes], length=16)
+    return fingerprint([[str(c).strip()] for c in classes], length=16)
 
 
 # ----------------------------------------------------------------------------------- saving, loading
@@ -268,16 +269,11 @@ def cached_index(
 ) -> LabelIndex:
     """The index from the cache, or built now and saved there (``cache_dir`` None: built, not saved)."""
     model_fp = model_fingerprint(model)
-    is_taxa = bool(classes) and isinstance(classes[0], Taxon)
-    rows = _class_rows(
-        [str(c) for c in classes] if not is_taxa else [""] * len(classes), classes if is_taxa else None
-    )
-    kind_text = text_type if is_taxa else "asis"
+    kind_text = text_type if classes and isinstance(classes[0], Taxon) else "asis"
     folder = None
     if cache_dir is not None:
-        folder = index_dir(
-            cache_dir, model_fp, fingerprint(rows, length=16), kind_text, templates_key(templates)[0]
-        )
+        key = classes_fingerprint(classes)
+        folder = index_dir(cache_dir, model_fp, key, kind_text, templates_key(templates)[0])
         if (folder / INDEX_FILE).is_file():
             try:
                 return load_index(folder, model_fp)

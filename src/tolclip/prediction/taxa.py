@@ -21,7 +21,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tolclip.core.hashing import fingerprint
 from tolclip.core.taxonomy import RANKS, Taxon
 
 RANK_ALIASES = {"cls": "class", "common_name": "common", "epithet": "species", "species_epithet": "species"}
@@ -38,9 +37,6 @@ class Taxa:
     source: str
     unresolved: list[str] = field(default_factory=list)  # names the offline taxonomy did not know
     empty: int = 0  # rows that named no rank at all
-
-    def fingerprint(self) -> str:
-        return fingerprint([[*t.ranks, t.common] for t in self.taxa], length=16)
 
     def __len__(self) -> int:
         return len(self.taxa)
