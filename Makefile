@@ -7,7 +7,7 @@ TOLCLIP := $(VENV)/bin/tolclip
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install build-shards train eval eval-suite random-openclip test test-heavy test-fast lint format sweep-text-types bench bench-train bench-shards bench-eval clean
+.PHONY: help install build-shards train eval eval-suite random-openclip test test-heavy test-browser test-fast lint format sweep-text-types bench bench-train bench-shards bench-eval bench-predict clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -42,13 +42,16 @@ build-shards: $(STAMP) ## build one shard set from all of ../shared/data/sources
 	$(TOLCLIP) build-shards --config-name build/shared_sources build.overwrite=true $(ARGS)
 
 test: $(STAMP) ## run the test suite (all but the heavy tests: under 10 minutes on 2 cores)
-	$(PY) -m pytest -q -m "not heavy" $(ARGS)
+	$(PY) -m pytest -q -m "not heavy and not browser" $(ARGS)
+
+test-browser: $(STAMP) ## the demo page in headless Chromium (apt-get install chromium); screenshot in logs/test-artifacts
+	$(PY) -m pytest -q -m browser $(ARGS)
 
 test-heavy: $(STAMP) ## the heavy tests: the default experiment learning, the eval-suite multirun, a 2-rank DDP run
 	$(PY) -m pytest -q -m heavy $(ARGS)
 
 test-fast: $(STAMP) ## tests not marked slow
-	$(PY) -m pytest -q -m "not slow and not heavy" $(ARGS)
+	$(PY) -m pytest -q -m "not slow and not heavy and not browser" $(ARGS)
 
 lint: $(STAMP) ## ruff, ruff format --check, the import-linter layers contract, functions <= 60 lines
 	$(VENV)/bin/ruff check src tests scripts
@@ -66,7 +69,7 @@ sweep-text-types: $(STAMP) ## text-type ablation: train on each text type (Hydra
 	$(TOLCLIP) train -m experiment=text_type data.text_type=$(TEXT_TYPES) logger=csv hydra.sweep.dir=logs/sweep-text-types $(ARGS)
 	$(TOLCLIP) report logs/sweep-text-types
 
-bench: bench-train bench-shards bench-eval ## all benchmarks
+bench: bench-train bench-shards bench-eval bench-predict ## all benchmarks
 
 bench-train: $(STAMP) ## training samples/s: tolclip vs open_clip (caption-length and full-context tokens); end to end from shards vs model only; feature-cache accumulation vs one big batch
 	$(PY) scripts/bench_train.py $(ARGS)
@@ -79,6 +82,9 @@ bench-shards: $(STAMP) ## shard builder images/s vs Pillow-only decode/resize/en
 
 bench-eval: $(STAMP) random-openclip ## feature extraction images/s: tolclip vs open_clip on the same checkpoint and images
 	$(PY) scripts/bench_eval.py --images 64 $(ARGS)
+
+bench-predict: $(STAMP) random-openclip ## `tolclip predict` vs pybioclip's `bioclip predict` images/s (whole commands, CPU, same model/images/labels); index build time for 10,000 taxa
+	$(PY) scripts/bench_predict.py $(ARGS)
 
 # Only what tolclip generates: data/ also holds users' weights (data/checkpoints) and benchmark data.
 clean: ## remove generated data and logs (keeps .venv)

@@ -66,6 +66,11 @@ COMMANDS: dict[str, Command] = {
         False,
         "build a Tree-of-Life label index (class-text embeddings of a taxonomy) for a model",
     ),
+    "demo": Command(
+        "tolclip.cli.demo:main",
+        False,
+        "a local web page: upload a photo, get names at every rank and for your labels (tolclip[demo])",
+    ),
     "report": Command(
         "tolclip.cli.report:main",
         False,

@@ -24,9 +24,9 @@ from tolclip.core.captions import TEXT_TYPES
 from tolclip.core.taxonomy import RANKS
 from tolclip.core.templates import TEMPLATE_SETS
 from tolclip.data.images import ImageError
-from tolclip.evaluation.suite import latest_checkpoint
 from tolclip.evaluation.tasks import TaskError
 from tolclip.models.loading import LoadedModel, load_path, pick_device
+from tolclip.models.open_clip_config import QUICK_GELU_HELP
 from tolclip.prediction.classify import (
     LABEL_COLUMNS,
     TOL_COLUMNS,
@@ -130,10 +130,23 @@ def _predict_parser() -> argparse.ArgumentParser:
 
 
 def _resolve_model(args: argparse.Namespace) -> LoadedModel:
-    path = args.model or str(latest_checkpoint("logs"))
     if not args.model:
+        # Imported here: the evaluation suite pulls in scikit-learn, SciPy and pandas (about 1 s of start-up).
+        from tolclip.evaluation.suite import latest_checkpoint
+
+        try:
+            path = str(latest_checkpoint("logs"))
+        except FileNotFoundError as exn:
+            raise FileNotFoundError(f"no --model given, and {exn}; or pass --model") from None
         print(f"tolclip: using the newest training run's model {path}", file=sys.stderr)
-    return load_path(path, args.quick_gelu)
+    try:
+        return load_path(args.model or path, args.quick_gelu)
+    except ValueError as exn:
+        if QUICK_GELU_HELP not in str(exn):
+            raise
+        # The loader names the API's argument; a command-line user needs the flag.
+        message = str(exn).replace("quick_gelu=True", "--quick-gelu")
+        raise ValueError(message.replace("quick_gelu=False", "--no-quick-gelu")) from None
 
 
 def _task_taxa(name: str) -> Taxa:
@@ -152,7 +165,14 @@ def _task_taxa(name: str) -> Taxa:
 def _taxa(spec: str | None) -> Taxa | None:
     if spec is None:
         return None
-    return _task_taxa(spec.removeprefix("task:")) if spec.startswith("task:") else read_taxa(spec)
+    taxa = _task_taxa(spec.removeprefix("task:")) if spec.startswith("task:") else read_taxa(spec)
+    if taxa.unresolved:  # kept as given, but the user should know their lineage is incomplete
+        shown = ", ".join(taxa.unresolved[:5]) + (", ..." if len(taxa.unresolved) > 5 else "")
+        print(
+            f"tolclip: {len(taxa.unresolved)} names not in the offline taxonomy, kept as given: {shown}",
+            file=sys.stderr,
+        )
+    return taxa
 
 
 def _format(args: argparse.Namespace) -> str:
@@ -207,6 +227,8 @@ def _input_problem_rows(problems: list[tuple[str, str]], columns: tuple[str, ...
 def _run_predict(args: argparse.Namespace) -> int:
     _check_predict_args(args)
     fmt = _format(args)
+    if fmt == "parquet" and (not args.output or args.output == "-"):  # say so before any image is read
+        raise ValueError("parquet is written to a file: pass --output FILE.parquet")
     check_output(args.output, args.force)
     inputs = expand_inputs(args.images)
     clf = _classifier(args, _resolve_model(args))

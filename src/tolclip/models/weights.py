@@ -161,6 +161,23 @@ def net_from_open_clip(sd: Mapping[str, torch.Tensor], net_config: NetConfig) ->
     if "logit_scale" in sd and sd["logit_scale"].numel() == 1:  # nonscalar_logit_scale stores shape [1]
         sd["logit_scale"] = sd["logit_scale"].reshape(())
     _check_keys(sd, net_config)
-    net = CLIP(**net_config.to_dict())
-    net.load_state_dict(open_clip_state_dict_to_ours(sd), strict=True)
+    # Built without storage, then given the weights: a random init of every tensor (about half the load
+    # time of a ViT-B) would only be overwritten. Copies in float32, as a plain load_state_dict makes.
+    with torch.device("meta"):
+        net = CLIP(**net_config.to_dict())
+    ours = {k: v.to(torch.float32, copy=True) for k, v in open_clip_state_dict_to_ours(sd).items()}
+    net.load_state_dict(ours, strict=True, assign=True)
+    _materialise_buffers(net)
     return net.eval()
+
+
+def _materialise_buffers(net: torch.nn.Module) -> None:
+    """Give the non-persistent buffers (not in any state dict) their values after a build on ``meta``."""
+    for module in net.modules():
+        for name, buf in list(module.named_buffers(recurse=False)):
+            if not buf.is_meta:
+                continue
+            if name != "position_ids":  # the text embeddings' arange; nothing else is expected
+                raise RuntimeError(f"cannot materialise the buffer {name} of {type(module).__name__}")
+            values = torch.arange(buf.shape[-1]).expand(buf.shape)
+            module.register_buffer(name, values, persistent=False)

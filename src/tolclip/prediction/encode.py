@@ -61,6 +61,8 @@ def embed_images(
     ``progress``: None shows a bar on a terminal for long runs; True/False force it.
     """
     keys = [image_key(item, i) for i, item in enumerate(images)]
+    if not keys:  # nothing to read (every argument was a problem): the caller still reports those
+        return ImageEmbeddings([], torch.empty(0, 0), [], {})
     with _progress_bar(len(images), progress) as bar:
         task = bar.add_task("images", total=len(images)) if bar is not None else None
         advance = (lambda n: bar.advance(task, n)) if bar is not None else None

@@ -37,6 +37,8 @@ from tolclip.core.templates import TEMPLATE_SETS, templates_for
 from tolclip.core.tokenizer import get_tokenizer
 from tolclip.evaluation.zero_shot import text_classifier
 from tolclip.models.loading import LoadedModel
+from tolclip.models.open_clip_config import CONFIG_FILE
+from tolclip.models.weights import FOLDER_WEIGHTS
 
 FORMAT_VERSION = 1
 INDEX_FILE, EMBEDDINGS_FILE, CLASSES_FILE = "index.json", "embeddings.npy", "classes.parquet"
@@ -75,8 +77,12 @@ class LabelIndex:
 
 
 def _model_files(loaded: LoadedModel) -> list[Path]:
+    """The files whose bytes are the model: a release folder's config and weights (a README or taxa file
+    added beside them changes nothing), or the one file."""
     source = Path(loaded.source)
-    return sorted(f for f in source.rglob("*") if f.is_file()) if source.is_dir() else [source]
+    if not source.is_dir():
+        return [source]
+    return sorted(f for f in source.iterdir() if f.name in (CONFIG_FILE, *FOLDER_WEIGHTS) and f.is_file())
 
 
 @lru_cache(maxsize=64)

@@ -58,7 +58,10 @@ def unique_taxa(taxa: Iterable[Taxon]) -> tuple[list[Taxon], int]:
 
 
 def _rank_row(row: Mapping[str, object]) -> Taxon:
-    fields = {RANK_ALIASES.get(k.strip().lower(), k.strip().lower()): v for k, v in row.items() if k}
+    raw = {k.strip().lower(): v for k, v in row.items() if k}
+    # An alias wins over the column it stands for: BioCLIP's Rare Species metadata has both `cls` (the
+    # class) and `class` (the species label, "Cyclonaias tuberculata"), and the label is not a class.
+    fields = {**raw, **{RANK_ALIASES[k]: v for k, v in raw.items() if k in RANK_ALIASES}}
     return Taxon.clean(**{k: fields.get(k) for k in (*RANKS, "common")})
 
 
@@ -68,7 +71,7 @@ def _read_table(path: Path) -> list[dict[str, object]]:
 
         return pq.read_table(path).to_pylist()
     with path.open(newline="", encoding="utf-8-sig") as fh:
-        return list(csv.DictReader(fh))
+        return list(csv.DictReader(fh, delimiter="\t" if path.suffix == ".tsv" else ","))
 
 
 def _columns(rows: Sequence[Mapping[str, object]]) -> set[str]:
