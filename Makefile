@@ -85,6 +85,7 @@ bench-eval: $(STAMP) random-openclip ## feature extraction images/s: tolclip vs 
 
 bench-predict: $(STAMP) random-openclip ## `tolclip predict` vs pybioclip's `bioclip predict` images/s (whole commands, CPU, same model/images/labels); index build time for 10,000 taxa
 	$(PY) scripts/bench_predict.py $(ARGS)
+	$(PY) scripts/bench_rank_grouping.py
 
 # Only what tolclip generates: data/ also holds users' weights (data/checkpoints) and benchmark data.
 clean: ## remove generated data and logs (keeps .venv)
