@@ -237,3 +237,34 @@ def small_release(out_dir: Path, seed: int = 0, logit_scale: float = 100.0) -> P
                 p.add_(torch.randn(p.shape, generator=gen) * 0.02)
         net.logit_scale.fill_(math.log(logit_scale))
     return export_open_clip(net.eval(), out_dir)
+
+
+# Six species across three kingdoms; the genus Morus is a bird (Sulidae) and a plant (Moraceae).
+RANK_CSV = """kingdom,phylum,class,order,family,genus,species,common_name
+Animalia,Chordata,Aves,Passeriformes,Corvidae,Corvus,corax,common raven
+Animalia,Chordata,Aves,Passeriformes,Corvidae,Pica,pica,
+Animalia,Chordata,Aves,Suliformes,Sulidae,Morus,bassanus,northern gannet
+Plantae,Tracheophyta,Magnoliopsida,Rosales,Moraceae,Morus,alba,white mulberry
+Plantae,Tracheophyta,Magnoliopsida,Rosales,Rosaceae,Rosa,canina,dog rose
+Fungi,Basidiomycota,Agaricomycetes,Agaricales,Amanitaceae,Amanita,muscaria,fly agaric
+"""
+
+
+def prediction_files(root: Path) -> dict[str, Path]:
+    """A small release folder, RANK_CSV as taxa.csv and three photos: what the predict tests run on."""
+    (root / "taxa.csv").write_text(RANK_CSV)
+    photos = root / "photos"
+    photos.mkdir()
+    for i in range(3):
+        colour_image(i).save(photos / f"p{i}.png")
+    return {"model": small_release(root / "release"), "taxa": root / "taxa.csv", "photos": photos}
+
+
+def run_cli(capsys: pytest.CaptureFixture, *args: object) -> tuple[int, str, str]:
+    """`tolclip ARGS` in this process: (exit code, stdout, stderr), bounded so that a hang fails."""
+    from tolclip.cli.main import main
+
+    with time_limit(120, f"tolclip {args[0]}"):
+        code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err

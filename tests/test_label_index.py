@@ -13,7 +13,6 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from tolclip.cli.main import main
 from tolclip.models.loading import LoadedModel, load_path
 from tolclip.prediction import CustomLabelsClassifier, TreeOfLifeClassifier, build_index, load_index
 from tolclip.prediction import index as index_module
@@ -27,33 +26,15 @@ from tolclip.prediction.index import (
 )
 from tolclip.prediction.taxa import read_taxa
 
-from helpers import colour_image, small_release, time_limit
+from helpers import prediction_files, run_cli, small_release
 
-RANK_CSV = """kingdom,phylum,class,order,family,genus,species,common_name
-Animalia,Chordata,Aves,Passeriformes,Corvidae,Corvus,corax,common raven
-Animalia,Chordata,Aves,Passeriformes,Corvidae,Pica,pica,
-Animalia,Chordata,Aves,Suliformes,Sulidae,Morus,bassanus,northern gannet
-Plantae,Tracheophyta,Magnoliopsida,Rosales,Moraceae,Morus,alba,white mulberry
-Plantae,Tracheophyta,Magnoliopsida,Rosales,Rosaceae,Rosa,canina,dog rose
-Fungi,Basidiomycota,Agaricomycetes,Agaricales,Amanitaceae,Amanita,muscaria,fly agaric
-"""
 QUIET = ["--templates", "single", "--workers", "0", "--device", "cpu"]
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("index")
-    (root / "taxa.csv").write_text(RANK_CSV)
-    photos = root / "photos"
-    photos.mkdir()
-    for i in range(3):
-        colour_image(i).save(photos / f"p{i}.png")
-    return {
-        "model": small_release(root / "release"),
-        "other": small_release(root / "other", seed=1),
-        "taxa": root / "taxa.csv",
-        "photos": photos,
-    }
+    return {**prediction_files(root), "other": small_release(root / "other", seed=1)}
 
 
 @pytest.fixture(scope="module")
@@ -75,11 +56,23 @@ def builds(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return calls
 
 
-def cli(capsys: pytest.CaptureFixture, *args: object) -> tuple[int, str, str]:
-    with time_limit(120, f"tolclip {args[0]}"):  # bounded: a regression to hanging fails
-        code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
+cli = run_cli
+
+
+def build_cli(capsys: pytest.CaptureFixture, models: dict[str, Path], out_dir: Path) -> tuple[int, str, str]:
+    """`tolclip index build` of the module's model and taxa into out_dir."""
+    return cli(
+        capsys,
+        "index",
+        "build",
+        "--model",
+        models["model"],
+        "--taxa",
+        models["taxa"],
+        "--out",
+        out_dir,
+        *QUIET,
+    )
 
 
 def test_index_build_writes_a_complete_index(models, loaded, tmp_path, capsys) -> None:
@@ -145,18 +138,7 @@ def predict_json(capsys, *args: object) -> list[dict]:
 
 def test_predict_with_an_index_equals_with_taxa(models, tmp_path, capsys) -> None:
     out_dir = tmp_path / "idx"
-    cli(
-        capsys,
-        "index",
-        "build",
-        "--model",
-        models["model"],
-        "--taxa",
-        models["taxa"],
-        "--out",
-        out_dir,
-        *QUIET,
-    )
+    build_cli(capsys, models, out_dir)
     common = [models["photos"], "--model", models["model"], "--cache-dir", tmp_path / "cache"]
     by_index = predict_json(capsys, *common, "--index", out_dir)
     by_taxa = predict_json(capsys, *common, "--taxa", models["taxa"])
@@ -167,18 +149,7 @@ def test_predict_with_an_index_equals_with_taxa(models, tmp_path, capsys) -> Non
 
 def test_an_index_of_another_model_is_refused(models, loaded, tmp_path, capsys) -> None:
     out_dir = tmp_path / "idx"
-    cli(
-        capsys,
-        "index",
-        "build",
-        "--model",
-        models["model"],
-        "--taxa",
-        models["taxa"],
-        "--out",
-        out_dir,
-        *QUIET,
-    )
+    build_cli(capsys, models, out_dir)
     code, out, err = cli(
         capsys, "predict", models["photos"], "--model", models["other"], "--index", out_dir, *QUIET
     )

@@ -21,36 +21,27 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
-from tolclip.cli.main import main
 from tolclip.models.loading import load_path
 from tolclip.prediction import build_index, embed_images
 from tolclip.prediction.classify import LABEL_COLUMNS, TOL_COLUMNS
 from tolclip.prediction.index import model_fingerprint
 
-from helpers import SHARED_DATA, SMALL_NET, colour_image, small_release, time_limit
+from helpers import (
+    SHARED_DATA,
+    SMALL_NET,
+    colour_image,
+    prediction_files,
+    run_cli,
+)
 
 TOLCLIP = Path(sys.executable).with_name("tolclip")
 EDGE = SHARED_DATA / "sources" / "camera-trap-edge"
 QUIET = ["--templates", "single", "--workers", "0", "--device", "cpu"]
-RANK_CSV = """kingdom,phylum,class,order,family,genus,species,common_name
-Animalia,Chordata,Aves,Passeriformes,Corvidae,Corvus,corax,common raven
-Animalia,Chordata,Aves,Passeriformes,Corvidae,Pica,pica,
-Animalia,Chordata,Aves,Suliformes,Sulidae,Morus,bassanus,northern gannet
-Plantae,Tracheophyta,Magnoliopsida,Rosales,Moraceae,Morus,alba,white mulberry
-Plantae,Tracheophyta,Magnoliopsida,Rosales,Rosaceae,Rosa,canina,dog rose
-Fungi,Basidiomycota,Agaricomycetes,Agaricales,Amanitaceae,Amanita,muscaria,fly agaric
-"""
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("cli")
-    (root / "taxa.csv").write_text(RANK_CSV)
-    photos = root / "photos"
-    photos.mkdir()
-    for i in range(3):
-        colour_image(i).save(photos / f"p{i}.png")
-    return {"model": small_release(root / "release"), "taxa": root / "taxa.csv", "photos": photos}
+    return prediction_files(tmp_path_factory.mktemp("cli"))
 
 
 @pytest.fixture(autouse=True)
@@ -60,11 +51,7 @@ def own_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("TOLCLIP_ROOT", raising=False)
 
 
-def cli(capsys: pytest.CaptureFixture, *args: object) -> tuple[int, str, str]:
-    with time_limit(120, f"tolclip {args[0]}"):  # bounded: a regression to hanging fails
-        code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
+cli = run_cli
 
 
 def read_csv(path: str | Path) -> list[dict]:
