@@ -23,13 +23,13 @@ from typing import Any
 from tolclip.cli.predict import (
     EXIT_OK,
     EXIT_USAGE,
-    _cache_args,
-    _guard,
-    _model_source_args,
-    _parse,
-    _resolve_model,
-    _taxa,
-    _tol_args,
+    add_cache_args,
+    add_model_source_args,
+    add_tol_args,
+    guard,
+    parse_args,
+    resolve_model,
+    taxa_from_arg,
 )
 from tolclip.core.taxonomy import RANKS
 from tolclip.models.loading import LoadedModel
@@ -47,8 +47,8 @@ def _parser() -> argparse.ArgumentParser:
         prog="tolclip demo",
         description="A local web page: upload a photo, get the top names at every rank and for your labels.",
     )
-    _model_source_args(p)
-    _tol_args(p)
+    add_model_source_args(p)
+    add_tol_args(p)
     p.add_argument(
         "--subset", help="keep taxa under these names (any rank; rank=name; or a CSV, first column a rank)"
     )
@@ -56,7 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
     p.add_argument("--port", type=int, default=7860, help="port to listen on (default 7860)")
     p.add_argument("--max-file-size", default="20mb", help="largest upload accepted (default 20mb)")
-    _cache_args(p)
+    add_cache_args(p)
     return p
 
 
@@ -113,7 +113,7 @@ class DemoPredictor:
         }
         self.tol = TreeOfLifeClassifier(
             model,
-            taxa=_taxa(args.taxa),
+            taxa=taxa_from_arg(args.taxa),
             index=args.index,
             text_type=args.text_type,
             subset=args.subset,
@@ -226,7 +226,7 @@ def _run(args: argparse.Namespace) -> int:
         print(NEEDS_GRADIO, file=sys.stderr)
         return EXIT_USAGE
     start = time.perf_counter()
-    predictor = DemoPredictor(_resolve_model(args), args)
+    predictor = DemoPredictor(resolve_model(args), args)
     source = args.index or predictor.tol.index.meta.get("source") or args.taxa or "the model's taxa"
     print(
         f"tolclip demo: {predictor.model.name} and {len(predictor.tol.index)} taxa ready in "
@@ -272,5 +272,5 @@ def _launch(app: Any, args: argparse.Namespace) -> tuple[Any, str, str | None]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parse(_parser(), argv)
-    return args if isinstance(args, int) else _guard("tolclip demo", _run, args)
+    args = parse_args(_parser(), argv)
+    return args if isinstance(args, int) else guard("tolclip demo", _run, args)

@@ -59,14 +59,14 @@ def _default_workers() -> int:
     return max(0, min(4, (os.cpu_count() or 1) - 1))
 
 
-def _model_args(p: argparse.ArgumentParser) -> None:
-    _model_source_args(p)
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    add_model_source_args(p)
     p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
     p.add_argument("--workers", type=int, default=_default_workers(), help="image-decoding processes")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar")
 
 
-def _model_source_args(p: argparse.ArgumentParser) -> None:
+def add_model_source_args(p: argparse.ArgumentParser) -> None:
     """--model, --quick-gelu, --device: which model, on what (also `tolclip demo`'s)."""
     p.add_argument(
         "--model",
@@ -82,7 +82,7 @@ def _model_source_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps")
 
 
-def _cache_args(p: argparse.ArgumentParser) -> None:
+def add_cache_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--templates", default="openai", choices=sorted(TEMPLATE_SETS), help="prompt templates")
     p.add_argument(
         "--cache-dir", default=None, help=f"index cache (default {default_cache_dir()}, $TOLCLIP_CACHE)"
@@ -90,7 +90,7 @@ def _cache_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-cache", action="store_true", help="build label embeddings in memory only")
 
 
-def _tol_args(p: argparse.ArgumentParser) -> None:
+def add_tol_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--taxa",
         help="the taxa to name: a catalog.parquet/folder from build-shards, a CSV of ranks or of scientific "
@@ -106,12 +106,12 @@ def _tol_args(p: argparse.ArgumentParser) -> None:
 def _predict_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tolclip predict", description="Name the organisms in photos.")
     p.add_argument("images", nargs="+", help="image files, folders (searched recursively) or glob patterns")
-    _model_args(p)
+    add_model_args(p)
     labels = p.add_mutually_exclusive_group()
     labels.add_argument("--cls", help='custom labels, comma separated: "Amanita muscaria,Boletus edulis"')
     labels.add_argument("--cls-file", help="custom labels, one per line")
     labels.add_argument("--bins", help="CSV: label,bin (labels' probabilities summed per bin)")
-    _tol_args(p)
+    add_tol_args(p)
     p.add_argument("--rank", default=None, help=f"{', '.join(RANKS)}, several comma separated, or all")
     p.add_argument(
         "--subset", help="keep taxa under these names (any rank; rank=name; or a CSV, first column a rank)"
@@ -125,11 +125,11 @@ def _predict_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--output", help="file to write (default: stdout)")
     p.add_argument("--force", action="store_true", help="replace an existing --output file")
-    _cache_args(p)
+    add_cache_args(p)
     return p
 
 
-def _resolve_model(args: argparse.Namespace) -> LoadedModel:
+def resolve_model(args: argparse.Namespace) -> LoadedModel:
     if not args.model:
         # Imported here: the evaluation suite pulls in scikit-learn, SciPy and pandas (about 1 s of start-up).
         from tolclip.evaluation.suite import latest_checkpoint
@@ -162,7 +162,7 @@ def _task_taxa(name: str) -> Taxa:
     return Taxa(taxa, f"task:{name}")
 
 
-def _taxa(spec: str | None) -> Taxa | None:
+def taxa_from_arg(spec: str | None) -> Taxa | None:
     if spec is None:
         return None
     taxa = _task_taxa(spec.removeprefix("task:")) if spec.startswith("task:") else read_taxa(spec)
@@ -215,7 +215,12 @@ def _classifier(args: argparse.Namespace, model: LoadedModel) -> Any:
         )
         return CustomLabelsClassifier(model, text, **common)
     return TreeOfLifeClassifier(
-        model, taxa=_taxa(args.taxa), index=args.index, text_type=args.text_type, subset=args.subset, **common
+        model,
+        taxa=taxa_from_arg(args.taxa),
+        index=args.index,
+        text_type=args.text_type,
+        subset=args.subset,
+        **common,
     )
 
 
@@ -231,7 +236,7 @@ def _run_predict(args: argparse.Namespace) -> int:
         raise ValueError("parquet is written to a file: pass --output FILE.parquet")
     check_output(args.output, args.force)
     inputs = expand_inputs(args.images)
-    clf = _classifier(args, _resolve_model(args))
+    clf = _classifier(args, resolve_model(args))
     start = time.perf_counter()
     if isinstance(clf, TreeOfLifeClassifier):
         columns = TOL_COLUMNS
@@ -250,7 +255,7 @@ def _run_predict(args: argparse.Namespace) -> int:
     return EXIT_SOME_FAILED if failed else EXIT_OK
 
 
-def _guard(prog: str, run: Any, args: argparse.Namespace) -> int:
+def guard(prog: str, run: Any, args: argparse.Namespace) -> int:
     try:
         return run(args)
     except USER_ERRORS as exn:
@@ -261,7 +266,7 @@ def _guard(prog: str, run: Any, args: argparse.Namespace) -> int:
         return EXIT_USAGE
 
 
-def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace | int:
+def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace | int:
     try:
         return parser.parse_args(sys.argv[1:] if argv is None else argv)
     except SystemExit as exit_:  # argparse has printed its message (2) or the help (0)
@@ -269,8 +274,8 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.
 
 
 def predict_main(argv: list[str] | None = None) -> int:
-    args = _parse(_predict_parser(), argv)
-    return args if isinstance(args, int) else _guard("tolclip predict", _run_predict, args)
+    args = parse_args(_predict_parser(), argv)
+    return args if isinstance(args, int) else guard("tolclip predict", _run_predict, args)
 
 
 # --------------------------------------------------------------------------------------------- embed
@@ -281,7 +286,7 @@ def _embed_parser() -> argparse.ArgumentParser:
         prog="tolclip embed", description="Image (or label) embeddings, keyed by path (or label)."
     )
     p.add_argument("images", nargs="*", help="image files, folders or glob patterns")
-    _model_args(p)
+    add_model_args(p)
     p.add_argument(
         "--text", help="embed these labels (comma separated) instead of images, averaged over --templates"
     )
@@ -319,7 +324,7 @@ def _run_embed(args: argparse.Namespace) -> int:
             f"cannot tell the format from {args.output!r}: pass --format ({', '.join(EMBED_FORMATS)})"
         )
     check_output(args.output, args.force)
-    model = _resolve_model(args)
+    model = resolve_model(args)
     device = pick_device(args.device)
     model.net.to(device).eval()
     if texts:
@@ -363,8 +368,8 @@ def _embed_images(args: argparse.Namespace, model: LoadedModel, device: str, fmt
 
 
 def embed_main(argv: list[str] | None = None) -> int:
-    args = _parse(_embed_parser(), argv)
-    return args if isinstance(args, int) else _guard("tolclip embed", _run_embed, args)
+    args = parse_args(_embed_parser(), argv)
+    return args if isinstance(args, int) else guard("tolclip embed", _run_embed, args)
 
 
 # --------------------------------------------------------------------------------------------- index
@@ -377,9 +382,9 @@ def _index_parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", required=True)
     build = sub.add_parser("build", help="embed every taxon of a taxonomy with a model and save the index")
-    _model_args(build)
-    _tol_args(build)
-    _cache_args(build)
+    add_model_args(build)
+    add_tol_args(build)
+    add_cache_args(build)
     build.add_argument("--out", help="folder to write (default: the cache, where predict finds it)")
     build.add_argument("--force", action="store_true", help="replace an existing index folder")
     return p
@@ -388,9 +393,9 @@ def _index_parser() -> argparse.ArgumentParser:
 def _run_index(args: argparse.Namespace) -> int:
     if args.index:
         raise ValueError("--index names an existing index; `index build` writes one (use --out)")
-    model = _resolve_model(args)
+    model = resolve_model(args)
     model.net.to(pick_device(args.device)).eval()
-    taxa = _taxa(args.taxa)
+    taxa = taxa_from_arg(args.taxa)
     if taxa is None:
         from tolclip.prediction.model_taxa import model_taxa_source
 
@@ -413,5 +418,5 @@ def _run_index(args: argparse.Namespace) -> int:
 
 
 def index_main(argv: list[str] | None = None) -> int:
-    args = _parse(_index_parser(), argv)
-    return args if isinstance(args, int) else _guard("tolclip index", _run_index, args)
+    args = parse_args(_index_parser(), argv)
+    return args if isinstance(args, int) else guard("tolclip index", _run_index, args)
