@@ -226,6 +226,16 @@ def test_embeddings_are_unit_vectors(model: LoadedModel) -> None:
     assert not torch.allclose(raw.features.norm(dim=1), torch.ones(3), atol=1e-3)
 
 
+def test_bf16_embeddings_are_close_to_fp32(model: LoadedModel) -> None:
+    fp32 = embed_images(model, IMAGES[:3]).features
+    bf16 = embed_images(model, IMAGES[:3], precision="bf16").features
+    assert bf16.dtype == torch.float32 and not torch.equal(bf16, fp32)  # bf16 arithmetic really ran
+    cosine = torch.nn.functional.cosine_similarity(bf16, fp32)
+    assert cosine.min() > 0.999, cosine
+    with pytest.raises(ValueError, match="precision"):
+        embed_images(model, IMAGES[:1], precision="fp8")
+
+
 LABELS = ["Amanita muscaria", "Boletus edulis", "Corvus corax", "Rosa canina", "a rock"]
 BINS = {
     "Amanita muscaria": "fungus",

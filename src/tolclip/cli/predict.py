@@ -35,7 +35,7 @@ from tolclip.prediction.classify import (
     TreeOfLifeClassifier,
     read_bins,
 )
-from tolclip.prediction.encode import embed_images
+from tolclip.prediction.encode import PRECISIONS, embed_images
 from tolclip.prediction.index import (
     IndexError_,
     build_index,
@@ -57,6 +57,16 @@ USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, TaxaError, IndexE
 def _default_workers() -> int:
     # One decoding process per spare core: on 2 cores the model's threads need the other one.
     return max(0, min(4, (os.cpu_count() or 1) - 1))
+
+
+def add_precision_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="fp32",
+        help="image tower arithmetic: bf16 is about 2x faster on CPUs with AVX-512 BF16 and on GPUs, "
+        "scores within ~1e-3 of fp32 (default fp32: the same numbers as open_clip)",
+    )
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -107,6 +117,7 @@ def _predict_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tolclip predict", description="Name the organisms in photos.")
     p.add_argument("images", nargs="+", help="image files, folders (searched recursively) or glob patterns")
     add_model_args(p)
+    add_precision_arg(p)
     labels = p.add_mutually_exclusive_group()
     labels.add_argument("--cls", help='custom labels, comma separated: "Amanita muscaria,Boletus edulis"')
     labels.add_argument("--cls-file", help="custom labels, one per line")
@@ -204,6 +215,7 @@ def _classifier(args: argparse.Namespace, model: LoadedModel) -> Any:
         "templates": args.templates,
         "cache_dir": None if args.no_cache else (args.cache_dir or "default"),
         "progress": args.progress,
+        "precision": args.precision,
     }
     if args.bins:
         return CustomLabelsBinningClassifier(model, read_bins(args.bins), **common)
@@ -287,6 +299,7 @@ def _embed_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("images", nargs="*", help="image files, folders or glob patterns")
     add_model_args(p)
+    add_precision_arg(p)
     p.add_argument(
         "--text", help="embed these labels (comma separated) instead of images, averaged over --templates"
     )
@@ -350,6 +363,7 @@ def _embed_images(args: argparse.Namespace, model: LoadedModel, device: str, fmt
         device=device,
         normalize=not args.no_normalize,
         progress=args.progress,
+        precision=args.precision,
     )
     dim = int(emb.features.shape[1]) if emb.features.numel() else int(model.net_config.get("embed_dim", 0))
     vectors = np.full((len(emb.keys), dim), np.nan, dtype=np.float32)

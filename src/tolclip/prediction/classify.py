@@ -74,7 +74,9 @@ class _Base:
         cache_dir: str | os.PathLike | None = "default",
         templates: str | Sequence[str] = "openai",
         progress: bool | None = False,
+        precision: str = "fp32",
     ) -> None:
+        self.precision = precision
         self.model = model if isinstance(model, LoadedModel) else load_path(model, quick_gelu)
         self.device = pick_device(device)
         self.model.net.to(self.device).eval()
@@ -104,6 +106,7 @@ class _Base:
             num_workers=self.num_workers,
             device=self.device,
             progress=self.progress,
+            precision=self.precision,
         )
 
     @torch.no_grad()
