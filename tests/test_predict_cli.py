@@ -370,6 +370,19 @@ def test_subset_on_the_command_line(env, tmp_path, capsys) -> None:
     assert one_line(err) == "tolclip predict: error: subset: not among the index's taxa: Nonexistus"
 
 
+def test_bf16_precision_on_the_command_line(env, capsys) -> None:
+    base = ["predict", env["photos"], "--model", env["model"], "--taxa", env["taxa"], "--format", "json"]
+    code, out, _ = cli(capsys, *base, "--k", "6", *QUIET)
+    code16, out16, _ = cli(capsys, *base, "--k", "6", "--precision", "bf16", *QUIET)
+    fp32 = {(r["file_name"], r["species"]): r["score"] for r in json.loads(out)}
+    bf16 = {(r["file_name"], r["species"]): r["score"] for r in json.loads(out16)}
+    assert code == code16 == 0 and fp32.keys() == bf16.keys()  # every species of every photo, both ways
+    diffs = [abs(fp32[k] - bf16[k]) for k in fp32]
+    assert 0 < max(diffs) < 2e-2  # bf16 arithmetic ran, and stayed close
+    code, _, err = cli(capsys, *base, "--precision", "fp16", *QUIET)
+    assert code == 2 and "--precision" in err
+
+
 def test_names_the_taxonomy_does_not_know_are_reported(env, tmp_path, capsys) -> None:
     names = tmp_path / "names.csv"
     names.write_text("scientific_name\nAmanita muscaria\nBoletus edulis\nFooxus imaginarius\n")
