@@ -192,3 +192,24 @@ def test_debug_configs_run(small_shards, tmp_path, debug):
     assert torch.isfinite(torch.tensor(out["metrics"]["train/loss"]))
     steps = {"fdr": 1, "limit": 3 * 2, "overfit": 2 * 3, "profiler": 2}[debug]
     assert out["trainer"].global_step == steps
+
+
+def test_tensorboard_logger_writes_event_files(small_shards, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    overrides = [o for o in shard_overrides(small_shards) if o != "logger=csv"]
+    cfg = make_cfg(tmp_path, [*overrides, "logger=tensorboard", "trainer.max_epochs=1"])
+    train(cfg)
+    events = list((tmp_path / "run" / "tensorboard").rglob("events.out.tfevents.*"))
+    assert events, "no TensorBoard event file in the run folder"
+    acc = EventAccumulator(str(events[0].parent))
+    acc.Reload()
+    assert "zeroshot/taxon/val/species/top1" in acc.Tags()["scalars"]  # the end-of-training table
+
+
+def test_mps_trainer_config(tmp_path):
+    cfg = make_cfg(tmp_path, ["trainer=mps"])
+    assert cfg.trainer.accelerator == "mps" and cfg.trainer.devices == 1
+    assert cfg.trainer.precision == "32-true" and cfg.trainer.max_epochs == 14  # the rest from trainer/cpu
+    if not torch.backends.mps.is_available():
+        pytest.skip("composed only: this machine has no Apple GPU (MPS) to train on")
