@@ -4,19 +4,17 @@ test module also pulls in Lightning, Hydra and the towers (tens of seconds on a 
 
 from __future__ import annotations
 
-import os
-import traceback
-from datetime import timedelta
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from tolclip.models.loss import ClipLoss
 from tolclip.training.feature_cache import feature_cache_step, split_batch
+
+from ddp_rank import gloo_rank
 
 K, B, WORLD = 4, 3, 2  # micro-batches per step, samples per micro-batch, DDP ranks
 
@@ -53,11 +51,7 @@ def grads(net: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def ddp_worker(rank: int, port: int, out_dir: str) -> None:
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    os.environ["MASTER_PORT"] = str(port)
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD, timeout=timedelta(seconds=30))
-    try:
+    with gloo_rank(rank, WORLD, port, out_dir):
         images, tokens = batch(WORLD * K * B)
         mine = slice(rank * K * B, (rank + 1) * K * B)
         results = {}
@@ -68,8 +62,3 @@ def ddp_worker(rank: int, port: int, out_dir: str) -> None:
             out = feature_cache_step(model, loss_fn, micro, no_sync=model.no_sync)
             results[local_loss] = {"loss": out.loss.clone(), "grads": grads(model.module)}
         torch.save(results, Path(out_dir) / f"rank{rank}.pt")
-    except BaseException:
-        (Path(out_dir) / f"rank{rank}.err").write_text(traceback.format_exc())
-        raise
-    finally:
-        dist.destroy_process_group()

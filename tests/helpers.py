@@ -137,6 +137,18 @@ class StopAfterSteps:
 
 # A model small enough that a few steps take about a second (configs/model/micro.yaml).
 MICRO = ["model=micro"]
+# The micro model on a very small synthetic tree of life, evaluated with one template and text type:
+# what the end-to-end runs of the installed `tolclip train` start from.
+SYNTHETIC_MICRO = [
+    *MICRO,
+    "data.num_workers=0",
+    "~callbacks.progress_bar",
+    "callbacks.zero_shot.templates=single",
+    "callbacks.zero_shot.text_types=[taxon]",
+    "+data.generate.train_per_species=2",
+    "+data.generate.val_per_species=1",
+    "+data.generate.unseen_per_species=1",
+]
 
 
 def shard_overrides(root: Path) -> list[str]:

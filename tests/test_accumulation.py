@@ -11,12 +11,12 @@ import torch
 from hydra.errors import InstantiationException
 from torch import nn
 
-from accumulation_ddp import WORLD, B, K, TwoTower, batch, ddp_worker, grads
 from tolclip.models.loss import ClipLoss
 from tolclip.models.towers import CLIP
 from tolclip.training.feature_cache import feature_cache_step, split_batch
 from tolclip.training.run import train
 
+from accumulation_ddp import WORLD, B, K, TwoTower, batch, ddp_worker, grads
 from helpers import MICRO, free_port, make_cfg, shard_overrides, spawn_ranks
 
 TINY = dict(

@@ -13,22 +13,11 @@ import pytest
 
 from tolclip.cli.main import COMMANDS, main
 
-from helpers import REPO
+from helpers import REPO, SYNTHETIC_MICRO
 
 TOLCLIP = Path(sys.executable).with_name("tolclip")
 # A few steps of the micro model on a very small synthetic tree of life, evaluated with one template.
-TINY_RUN = [
-    "model=micro",
-    "logger=csv",
-    "data.num_workers=0",
-    "trainer.max_epochs=1",
-    "~callbacks.progress_bar",
-    "callbacks.zero_shot.templates=single",
-    "callbacks.zero_shot.text_types=[taxon]",
-    "+data.generate.train_per_species=2",
-    "+data.generate.val_per_species=1",
-    "+data.generate.unseen_per_species=1",
-]
+TINY_RUN = [*SYNTHETIC_MICRO, "logger=csv", "trainer.max_epochs=1"]
 
 
 def run(cmd: list[str], cwd: Path, timeout: int = 300, **env: str) -> subprocess.CompletedProcess:

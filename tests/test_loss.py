@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import math
-import os
-import traceback
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from tolclip.models.loss import ClipLoss
 
+from ddp_rank import gloo_rank
 from helpers import free_port, spawn_ranks
 
 # ---------------------------------------------------------------------------------------------------
@@ -125,12 +122,7 @@ def _reference_loss(img: torch.Tensor, txt: torch.Tensor, scale: torch.Tensor) -
 
 def _ddp_worker(rank: int, port: int, out_dir: str) -> None:
     """One rank: run every config on its shard, save losses and gradients for the parent to check."""
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    os.environ["MASTER_PORT"] = str(port)
-    torch.set_num_threads(1)  # two ranks on a small shared machine
-    # The collective timeout turns a stuck peer into an exception instead of a hang.
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD, timeout=timedelta(seconds=30))
-    try:
+    with gloo_rank(rank, WORLD, port, out_dir):
         x_img, x_txt = _global_batch()
         b = GLOBAL_BATCH // WORLD
         shard = slice(rank * b, (rank + 1) * b)
@@ -146,11 +138,6 @@ def _ddp_worker(rank: int, port: int, out_dir: str) -> None:
                 "grads": {n: p.grad.clone() for n, p in model.module.named_parameters()},
             }
         torch.save(results, Path(out_dir) / f"rank{rank}.pt")
-    except BaseException:
-        (Path(out_dir) / f"rank{rank}.err").write_text(traceback.format_exc())
-        raise
-    finally:
-        dist.destroy_process_group()
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ import torch
 from tolclip.training.resume import newest_checkpoint, resume_path, wandb_run_id
 from tolclip.training.run import resolve_ckpt
 
-from helpers import make_cfg
+from helpers import SYNTHETIC_MICRO, make_cfg
 
 TOLCLIP = Path(sys.executable).with_name("tolclip")
 
@@ -101,19 +101,12 @@ class SignalAt(Callback):
 SCONTROL = '#!/bin/sh\necho "$@" >> "$SCONTROL_LOG"\nkill -TERM $PPID\n'
 
 RUN = [
-    "model=micro",
+    *SYNTHETIC_MICRO,
     "logger=[csv,wandb]",
-    "data.num_workers=0",
     "data.batch_size=16",
     "data.epoch_samples=128",  # 8 steps an epoch
     "trainer.max_epochs=3",
     "trainer.log_every_n_steps=1",
-    "~callbacks.progress_bar",
-    "callbacks.zero_shot.templates=single",
-    "callbacks.zero_shot.text_types=[taxon]",
-    "+data.generate.train_per_species=2",
-    "+data.generate.val_per_species=1",
-    "+data.generate.unseen_per_species=1",
 ]
 SIGNAL_STEP = 12  # in the middle of the second epoch
 

@@ -4,19 +4,16 @@ uninterrupted run saw (same samples, same augmentation), and training ends with 
 from __future__ import annotations
 
 import json
-import os
-import traceback
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
 from lightning.pytorch.callbacks import Callback
 
 from tolclip.data.shards import write_shards
 from tolclip.training.run import train
 
+from ddp_rank import gloo_rank
 from helpers import (
     add_raw_member,
     free_port,
@@ -191,10 +188,7 @@ def test_training_resumed_mid_epoch_with_loader_workers(shards, tmp_path, single
 
 
 def _rank_worker(rank: int, port: int, root: str, out_dir: str) -> None:
-    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=2, timeout=timedelta(seconds=30))
-    try:
+    with gloo_rank(rank, 2, port, out_dir):
         # A finite stream: each rank reads its own shards (resampled ones draw from all of them).
         kw: dict = dict(num_workers=0, resampled=False, epoch_samples=None, shuffle_buffer=0)
         full = _batches(_dm(Path(root), **kw).train_dataloader())
@@ -205,11 +199,6 @@ def _rank_worker(rank: int, port: int, root: str, out_dir: str) -> None:
         again.load_state_dict(state)  # rank 0 writes the file; every rank reads it
         out = {"state": state, "full": full, "rest": _batches(again)}
         (Path(out_dir) / f"rank{rank}.json").write_text(json.dumps(out))
-    except BaseException:
-        (Path(out_dir) / f"rank{rank}.err").write_text(traceback.format_exc())
-        raise
-    finally:
-        dist.destroy_process_group()
 
 
 @pytest.mark.heavy  # two spawned processes: about a minute on a busy 2-core machine
