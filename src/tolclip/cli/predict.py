@@ -33,6 +33,7 @@ from tolclip.prediction.classify import (
     CustomLabelsBinningClassifier,
     CustomLabelsClassifier,
     TreeOfLifeClassifier,
+    error_row,
     read_bins,
 )
 from tolclip.prediction.encode import PRECISIONS, embed_images
@@ -236,11 +237,6 @@ def _classifier(args: argparse.Namespace, model: LoadedModel) -> Any:
     )
 
 
-def _input_problem_rows(problems: list[tuple[str, str]], columns: tuple[str, ...]) -> list[dict[str, Any]]:
-    blank = dict.fromkeys(columns, "")
-    return [{**blank, "file_name": arg, "score": None, "error": reason} for arg, reason in problems]
-
-
 def _run_predict(args: argparse.Namespace) -> int:
     _check_predict_args(args)
     fmt = _format(args)
@@ -256,7 +252,7 @@ def _run_predict(args: argparse.Namespace) -> int:
     else:
         columns = LABEL_COLUMNS
         rows = clf.predict(inputs.paths, k=args.k)
-    rows = _input_problem_rows(inputs.problems, columns) + rows
+    rows = [error_row(columns, arg, reason) for arg, reason in inputs.problems] + rows
     write_rows(rows, columns, fmt, args.output)
     failed = sum(1 for r in rows if r.get("error"))
     images = len(inputs.paths)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from PIL import Image
 
 from tolclip.core.taxonomy import RANKS, Taxon, lineage
 from tolclip.data.images import ImageInput
@@ -44,6 +45,11 @@ TOL_COLUMNS = (
     "error",
 )
 LABEL_COLUMNS = ("file_name", "classification", "score", "error")
+
+
+def error_row(columns: Sequence[str], file_name: str, reason: str) -> dict[str, Any]:
+    """The row of an input that could not be read: its name and why, every other column empty."""
+    return {**dict.fromkeys(columns, ""), "file_name": file_name, "score": None, "error": reason}
 
 
 def parse_ranks(rank: str | Sequence[str]) -> list[str]:
@@ -94,11 +100,7 @@ class _Base:
     def embed(
         self, images: Sequence[ImageInput] | ImageInput, batch_size: int | None = None
     ) -> ImageEmbeddings:
-        items = (
-            [images]
-            if isinstance(images, str | os.PathLike | bytes) or hasattr(images, "getpixel")
-            else images
-        )
+        items = [images] if isinstance(images, str | os.PathLike | bytes | Image.Image) else images
         return embed_images(
             self.model,
             list(items),
@@ -119,19 +121,11 @@ class _Base:
             logits = scale * feats[start : start + step].to(self.device) @ weights.T
             yield start, torch.softmax(logits.float(), dim=-1).cpu()
 
-    @staticmethod
-    def _failure_rows(emb: ImageEmbeddings, columns: Sequence[str]) -> dict[int, dict[str, Any]]:
-        blank = dict.fromkeys(columns, "")
-        return {
-            pos: {**blank, "file_name": emb.keys[pos], "score": None, "error": reason}
-            for pos, reason in emb.failures.items()
-        }
-
     def _assemble(
         self, emb: ImageEmbeddings, rows_of: Mapping[int, list[dict]], columns: Sequence[str]
     ) -> list[dict]:
         """Rows in input order: each image's predictions, or its failure row."""
-        failed = self._failure_rows(emb, columns)
+        failed = {pos: error_row(columns, emb.keys[pos], reason) for pos, reason in emb.failures.items()}
         out: list[dict] = []
         for pos in range(len(emb.keys)):
             out += [failed[pos]] if pos in failed else rows_of.get(pos, [])
@@ -182,6 +176,7 @@ class TreeOfLifeClassifier(_Base):
             text_type=text_type,
             templates=self.templates,
             source=found.source,
+            model_fp=self.fingerprint,
         )
 
     def _group(self, rank: str) -> tuple[list[tuple[str, ...]], torch.Tensor]:
@@ -253,7 +248,12 @@ class CustomLabelsClassifier(_Base):
         if len(self.classes) < 2:
             raise ValueError(f"custom labels need at least two labels, got {self.classes}")
         self.index = cached_index(
-            self.model, self.classes, self.cache_dir, templates=self.templates, source="labels"
+            self.model,
+            self.classes,
+            self.cache_dir,
+            templates=self.templates,
+            source="labels",
+            model_fp=self.fingerprint,
         )
 
     def _top(self, probs: torch.Tensor, k: int) -> tuple[list[str], torch.Tensor, torch.Tensor]:

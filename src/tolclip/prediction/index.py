@@ -272,9 +272,11 @@ def cached_index(
     templates: str | Sequence[str] = "openai",
     source: str = "",
     progress: Callable[[int], None] | None = None,
+    model_fp: str | None = None,
 ) -> LabelIndex:
-    """The index from the cache, or built now and saved there (``cache_dir`` None: built, not saved)."""
-    model_fp = model_fingerprint(model)
+    """The index from the cache, or built now and saved there (``cache_dir`` None: built, not saved).
+    ``model_fp``: the model's fingerprint when the caller has it already."""
+    model_fp = model_fp or model_fingerprint(model)
     kind_text = text_type if classes and isinstance(classes[0], Taxon) else "asis"
     folder = None
     if cache_dir is not None:
