@@ -472,3 +472,72 @@ def test_training_runs_on_shards_built_from_shared_sources(tmp_path: Path) -> No
     out = train(run)
     assert out["trainer"].global_step == 2
     assert {r.rank for r in out["zero_shot"]} >= {"kingdom", "genus", "species"}
+
+
+def test_held_out_species_form_their_own_split(sources: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    stats = build(_config(sources, out, holdout_species=["Pica pica"], train_small_fraction=0.0))
+    catalog = _read(out / "catalog.csv")
+    held = {r["source_id"] for r in catalog if r["split"] == "unseen"}
+    assert held == {f"pica/{n}.png" for n in range(4)}  # every image of the species, whatever its hash
+    assert all(r["genus"] != "Pica" for r in catalog if r["split"] != "unseen")
+    keys = {rec["__key__"] for shard in out.glob("unseen/shard-*.tar") for rec in iter_records(str(shard))}
+    assert keys == {r["key"] for r in catalog if r["split"] == "unseen"}
+    assert stats["shard_sets"]["unseen"] == 4 and check(out) == []
+
+
+def test_held_out_species_errors_name_the_problem(sources: dict[str, Path], tmp_path: Path) -> None:
+    with pytest.raises(BuildError, match=r"holdout_species: no kept image of pica picaa"):
+        build(_config(sources, tmp_path / "a", holdout_species=["Pica picaa"]))
+    with pytest.raises(BuildError, match=r"holdout_split 'val' must differ"):
+        build(_config(sources, tmp_path / "b", holdout_species=["Pica pica"], holdout_split="val"))
+
+
+@pytest.mark.slow
+@pytest.mark.shared_data
+@pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data not present (only in the dev/CI checkout)")
+def test_real_photo_ablation_data_and_experiment(tmp_path: Path) -> None:
+    """build/shared_holdout holds every listed species out (each genus keeps a trained species), and
+    experiment=text_type_real trains on it and evaluates seen and unseen species at every rank."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from tolclip.training.run import train
+
+    built = tmp_path / "built"
+    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "configs")):
+        cfg = compose(
+            "build/shared_holdout",
+            overrides=[f"paths.root_dir={ROOT}", f"build.out_dir={built}", "build.progress=false"],
+        )
+    build(OmegaConf.to_container(cfg.build, resolve=True))
+    catalog = pq.read_table(built / "catalog.parquet").to_pandas()
+    unseen, train_rows = catalog[catalog.split == "unseen"], catalog[catalog.split == "train"]
+    held = {f"{g} {s}" for g, s in zip(unseen.genus, unseen.species, strict=True)}
+    assert held == set(cfg.build.holdout_species)
+    assert not held & {f"{g} {s}" for g, s in zip(train_rows.genus, train_rows.species, strict=True)}
+    assert set(unseen.genus) <= set(train_rows.genus)  # unseen species of seen genera
+    shards = {"train": f"{built}/train/shard-*.tar", "seen": f"{built}/val/shard-*.tar"}
+    run = make_cfg(
+        tmp_path,
+        [
+            "experiment=text_type_real",
+            "data.text_type=taxon",
+            f"data.train_shards={shards['train']}",
+            f"data.eval_sets.seen={shards['seen']}",
+            f"data.eval_sets.unseen={built}/unseen/shard-*.tar",
+            "data.epoch_samples=16",
+            "data.batch_size=8",
+            "data.num_workers=0",
+            "data.shuffle_buffer=8",
+            "logger=csv",
+            "callbacks.zero_shot.templates=single",
+            "callbacks.zero_shot.text_types=[taxon,com]",
+            "~callbacks.progress_bar",
+            "trainer.max_epochs=1",
+            *MICRO,
+        ],
+    )
+    out = train(run)
+    species = {r.eval_set: r for r in out["zero_shot"] if r.rank == "species" and r.text_type == "com"}
+    assert species["unseen"].images == len(unseen) and species["seen"].images > 0

@@ -29,6 +29,14 @@ def test_text_type_experiments(text_type):
     assert cfg.task_name == f"text_{text_type}"
 
 
+def test_real_photo_text_type_experiment():
+    cfg = compose_train(["experiment=text_type_real", "data.text_type=com", "seed=3", "paths.root_dir=/r"])
+    assert cfg.task_name == "real_text_com" and cfg.seed == 3
+    assert cfg.data.train_shards == "/r/data/shared_holdout/train/shard-*.tar"
+    assert cfg.data.eval_sets.unseen == "/r/data/shared_holdout/unseen/shard-*.tar"
+    assert list(cfg.callbacks.zero_shot.text_types) == list(TEXT_TYPES)
+
+
 @pytest.mark.parametrize("model,trainer", [("tiny", "cpu"), ("vit_b16", "gpu"), ("vit_b16", "ddp")])
 def test_model_and_trainer_groups_compose(model, trainer):
     cfg = compose_train(
@@ -76,10 +84,26 @@ def test_report_pivots_runs(tmp_path, capsys):
     write_run(tmp_path / "1", "com", [("taxon", "unseen", "genus", 0.25)])
     header, body = pivot(collect(tmp_path))
     assert header == ["train text", "eval text", "eval set", "genus", "species"]
-    assert body == [["com", "taxon", "unseen", "25.0", "-"], ["taxon", "taxon", "unseen", "50.0", "12.5"]]
+    assert body == [
+        ["com", "taxon", "unseen", "25.0", "-"],
+        ["taxon", "taxon", "unseen", "50.0", "12.5"],
+        ["chance", "", "unseen", "25.0", "25.0"],
+    ]
     main([str(tmp_path)])
-    assert "| taxon | taxon | unseen | 50.0 | 12.5 |" in (tmp_path / "table.md").read_text()
+    table = (tmp_path / "table.md").read_text()
+    assert "| taxon | taxon | unseen | 50.0 | 12.5 |" in table
+    # The headline: each training text type with its own evaluation text, and chance.
+    own = table.split("Every pair")[0]
+    assert "| taxon | taxon | 50.0 | 12.5 |" in own and "| chance |  | 25.0 | 25.0 |" in own
+    assert "| com |" not in own  # com was only evaluated with taxon names
     assert "50.0" in capsys.readouterr().out
+
+
+def test_report_averages_seeds(tmp_path):
+    write_run(tmp_path / "0", "taxon", [("taxon", "unseen", "genus", 0.5)])
+    write_run(tmp_path / "1", "taxon", [("taxon", "unseen", "genus", 0.3)])
+    _, body = pivot(collect(tmp_path))
+    assert body[0] == ["taxon", "taxon", "unseen", "40.0 ± 14.1"]  # sample std of 50 and 30
 
 
 def test_report_without_runs_is_a_clear_error(tmp_path):

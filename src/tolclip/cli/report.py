@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from tolclip.evaluation.report import collect, markdown, pivot, write_suite
+from tolclip.evaluation.report import collect, markdown, own_text_tables, pivot, write_suite
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -34,8 +34,12 @@ def main(argv: list[str] | None = None) -> int:
         print(write_suite(args.sweep_dir, args.wandb))
         print(f"written to {Path(args.sweep_dir) / 'suite_table.md'} and suite_table.csv")
         return 0
-    header, body = pivot(collect(args.sweep_dir), args.metric)
-    text = markdown(header, body)
+    rows = collect(args.sweep_dir)
+    header, body = pivot(rows, args.metric)
+    text = (
+        f"Each training text type with its own evaluation text (mixed: taxon_com)\n\n{own_text_tables(rows, args.metric)}"
+        f"\n\nEvery pair\n\n{markdown(header, body)}"
+    )
     print(f"zero-shot {args.metric} (%), by training and evaluation text type\n{text}")
     out = Path(args.out or Path(args.sweep_dir) / "table.md")
     out.write_text(text + "\n")

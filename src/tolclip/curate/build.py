@@ -65,7 +65,7 @@ def _build_locked(cfg: BuildConfig) -> dict[str, Any]:
     with Spool(cfg.out_dir / CACHE_DIR) as spool, worker_pool(cfg, exclusion) as pool:
         process_all_images(cfg, candidates, spool, exclusion, pool)
         kept = drop_leaks_and_duplicates(cfg, candidates, spool, skipped, excluded)
-        plan = split_entries(kept, cfg.splits, cfg.train_small_fraction)
+        plan = split_entries(kept, cfg.splits, cfg.train_small_fraction, holdout_keys(cfg, kept))
         shard_of = write_all_shards(cfg, plan.shard_sets, spool, pool, progress)
     stats = write_catalog_and_reports(cfg, plan, shard_of, entries, skipped, excluded, resolver)
     verify_shards(cfg.out_dir)
@@ -244,6 +244,22 @@ def _plan_all_shards(
     return plans, shard_of
 
 
+def holdout_keys(cfg: BuildConfig, kept: list[Entry]) -> tuple[str, set[str]] | None:
+    """(holdout split, keys of the held-out species' images); a named species with no kept image is an
+    error, since a typo would silently shrink the unseen-species evaluation."""
+    names = load_excluded_species(cfg.holdout_species, key="holdout_species")
+    if not names:
+        return None
+    keys = {e.key for e in kept if _binomial(e.taxon) in names}
+    found = {_binomial(e.taxon) for e in kept if e.key in keys}
+    if missing := sorted(names - found):
+        raise BuildError(
+            f"holdout_species: no kept image of {', '.join(missing)} (check the spelling, "
+            "exclude_species and limit_per_source)"
+        )
+    return cfg.holdout_split, keys
+
+
 def _binomial(taxon: Taxon) -> str:
     """The casefolded binomial ("genus species"), or "" when the taxon is not a species."""
     return f"{taxon.genus} {taxon.species}".casefold() if taxon.genus and taxon.species else ""
@@ -256,22 +272,21 @@ def _missing_ranks(taxon: Taxon, min_rank: str | None) -> list[str]:
     return [r for r in RANKS[: RANKS.index(min_rank) + 1] if not taxon.rank(r)]
 
 
-def load_excluded_species(spec: Any) -> set[str]:
-    """Binomials (casefolded) from a list of names or `{table: path, column: name}`."""
+def load_excluded_species(spec: Any, key: str = "exclude_species") -> set[str]:
+    """Binomials (casefolded) from a list of names or `{table: path, column: name}`; `key` names the
+    config key in errors."""
     if not spec:
         return set()
     if isinstance(spec, dict):
         if "table" not in spec:
-            raise BuildError(f"exclude_species needs `table:` (and `column:`), got {sorted(spec)}")
+            raise BuildError(f"{key} needs `table:` (and `column:`), got {sorted(spec)}")
         column = spec.get("column", "scientific_name")
         try:
             header, rows = read_table(spec["table"])
         except (FileNotFoundError, ValueError) as err:
-            raise BuildError(f"exclude_species: {err}") from err
+            raise BuildError(f"{key}: {err}") from err
         if column not in header:
-            raise BuildError(
-                f"exclude_species: table {spec['table']} has no column {column!r}; it has {header}"
-            )
+            raise BuildError(f"{key}: table {spec['table']} has no column {column!r}; it has {header}")
         names: Iterable[str] = (row[column] for row in rows)
     else:
         names = spec

@@ -27,6 +27,9 @@ class BuildConfig:
     sources: list[dict[str, Any]]
     taxonomy: dict[str, Any] = field(default_factory=lambda: {"backend": "taxoniq"})
     exclude_species: Any = None
+    # Species kept out of training but written as a split of their own (unseen-species evaluation).
+    holdout_species: Any = None
+    holdout_split: str = "unseen"
     min_rank: str | None = None  # keep only images whose lineage is complete down to this rank
     eval_images: list[str] = field(default_factory=list)
     resize: dict[str, Any] = field(default_factory=lambda: {"mode": "squash", "size": 224})
@@ -72,6 +75,10 @@ class BuildConfig:
         splits = self.splits
         if not splits or any(v < 0 for v in splits.values()) or sum(splits.values()) <= 0:
             raise BuildError(f"splits must be non-negative percentages with a positive sum, not {splits}")
+        if self.holdout_split in splits or self.holdout_split == "train_small":
+            raise BuildError(
+                f"holdout_split {self.holdout_split!r} must differ from the splits {sorted(splits)}"
+            )
         if "train_small" in splits:
             raise BuildError("'train_small' is derived from train (train_small_fraction); not a split name")
         if self.min_rank is not None and self.min_rank not in RANKS:

@@ -56,12 +56,23 @@ class SplitPlan:
         return sets
 
 
-def split_entries(kept: list[Entry], splits: dict[str, float], train_small_fraction: float) -> SplitPlan:
-    """Assign every kept entry to its split, in order, and mark the train_small subset."""
+def split_entries(
+    kept: list[Entry],
+    splits: dict[str, float],
+    train_small_fraction: float,
+    holdout: tuple[str, set[str]] | None = None,
+) -> SplitPlan:
+    """Assign every kept entry to its split, in order, and mark the train_small subset.
+
+    `holdout` is (split name, keys): those entries all go to that split, whatever their hash.
+    """
     by_split: dict[str, list[Entry]] = {name: [] for name in splits}
+    held_split, held_keys = holdout or ("", set())
+    if held_keys:
+        by_split[held_split] = []
     small: set[str] = set()
     for e in kept:
-        split = assign_split(e.key, splits)
+        split = held_split if e.key in held_keys else assign_split(e.key, splits)
         by_split[split].append(e)
         if split == "train" and in_train_small(e.key, train_small_fraction):
             small.add(e.key)

@@ -32,16 +32,55 @@ def collect(sweep_dir: str | Path, filename: str = "zero_shot.csv") -> list[dict
     return rows
 
 
+def _cell(values: Sequence[float]) -> str:
+    """Percent; the mean ± standard deviation when several runs (seeds) share the cell."""
+    mean = sum(values) / len(values)
+    if len(values) == 1:
+        return f"{100 * mean:.1f}"
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+    return f"{100 * mean:.1f} ± {100 * std:.1f}"
+
+
 def pivot(rows: Sequence[dict[str, str]], metric: str = "top1") -> tuple[list[str], list[list[str]]]:
-    """Rows: (train text type, eval text type, eval set); columns: ranks."""
+    """Rows: (train text type, eval text type, eval set), then each eval set's chance (1/classes);
+    columns: ranks. Runs that differ only in seed are averaged."""
     ranks = [r for r in RANKS if any(row["rank"] == r for row in rows)]
-    table: dict[tuple[str, str, str], dict[str, str]] = {}
+    table: dict[tuple[str, str, str], dict[str, list[float]]] = {}
+    chance: dict[str, dict[str, float]] = {}
     for row in rows:
         key = (row.get("train_text_type", ""), row["text_type"], row["eval_set"])
-        table.setdefault(key, {})[row["rank"]] = f"{100 * float(row[metric]):.1f}"
+        table.setdefault(key, {}).setdefault(row["rank"], []).append(float(row[metric]))
+        if row.get("chance"):
+            chance.setdefault(row["eval_set"], {})[row["rank"]] = float(row["chance"])
     header = ["train text", "eval text", "eval set", *ranks]
-    body = [[*key, *(cells.get(r, "-") for r in ranks)] for key, cells in sorted(table.items())]
+    body = [
+        [*key, *(_cell(cells[r]) if r in cells else "-" for r in ranks)]
+        for key, cells in sorted(table.items())
+    ]
+    body += [
+        ["chance", "", name, *(_cell([c[r]]) if r in c else "-" for r in ranks)]
+        for name, c in sorted(chance.items())
+    ]
     return header, body
+
+
+# The evaluation text of each training text type in the summary: its own; `mixed` trains on all five, and
+# is read with taxon + common name, the richest of them (the label index's default too).
+OWN_EVAL_TEXT = {"mixed": "taxon_com"}
+
+
+def own_text_tables(rows: Sequence[dict[str, str]], metric: str = "top1") -> str:
+    """One markdown table per eval set: each training text type evaluated with its own text type, by
+    rank, with the chance row: the ablation's headline, as BioCLIP's Table 5 reads."""
+    header, body = pivot(rows, metric)
+    out = []
+    for eval_set in sorted({row["eval_set"] for row in rows}):
+        mine = [r for r in body if r[2] == eval_set and r[1] == OWN_EVAL_TEXT.get(r[0], r[0])]
+        chance = [r for r in body if r[2] == eval_set and r[0] == "chance"]
+        if mine:
+            table = [[r[0], r[1], *r[3:]] for r in mine + chance]
+            out.append(f"**{eval_set}** ({metric}, %)\n\n" + markdown([*header[:2], *header[3:]], table))
+    return "\n\n".join(out)
 
 
 def markdown(header: Sequence[str], body: Sequence[Sequence[str]]) -> str:
@@ -228,13 +267,12 @@ def write_suite(sweep_dir: str | Path, use_wandb: bool = False) -> str:
     if use_wandb:
         import wandb
 
-        # Offline unless the user has logged in and set WANDB_MODE=online.
-        run = wandb.init(
-            project="tolclip",
-            job_type="eval-suite",
-            dir=str(out),
-            mode=os.environ.get("WANDB_MODE", "offline"),
-        )
+        from tolclip.evaluation.wandb_runs import init_run, report_names
+
+        # In the group of the sweep's jobs; offline unless the user has logged in and set WANDB_MODE=online.
+        project, names = report_names(out)
+        offline = os.environ.get("WANDB_MODE", "offline") in ("offline", "dryrun")
+        run = init_run(names, out, project, offline)
         run.log(
             {
                 "eval_suite": wandb.Table(
