@@ -7,7 +7,7 @@ TOLCLIP := $(VENV)/bin/tolclip
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install build-shards train eval eval-suite random-openclip test test-heavy test-browser test-fast lint format sweep-text-types bench bench-train bench-shards bench-eval bench-predict clean
+.PHONY: help install build-shards train eval eval-suite random-openclip test test-heavy test-browser test-fast lint format sweep-text-types sweep-text-types-real hparams-search notebooks bench bench-train bench-shards bench-eval bench-predict clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -31,7 +31,7 @@ SUITE_TASKS ?= shared_butterflies,shared_tiny_imagenet,shared_mushrooms
 
 eval-suite: $(STAMP) random-openclip ## benchmark table: models x tasks (zero-shot, 1/5-shot, linear probe, ranks, t-SNE); SUITE_MODELS= SUITE_TASKS=
 	rm -rf logs/eval-suite
-	$(TOLCLIP) eval-suite -m suite/model=$(SUITE_MODELS) suite/task=$(SUITE_TASKS) hydra.sweep.dir=logs/eval-suite $(ARGS)
+	$(TOLCLIP) eval-suite -m suite/model=$(SUITE_MODELS) suite/task=$(SUITE_TASKS) hydra.sweep.dir=logs/eval-suite wandb.enabled=true $(ARGS)
 	$(TOLCLIP) report --suite logs/eval-suite --wandb
 
 random-openclip: $(STAMP) ## write random open_clip ViT-B/16 and B/32 release folders into data/checkpoints (no-skill references)
@@ -54,20 +54,36 @@ test-fast: $(STAMP) ## tests not marked slow
 	$(PY) -m pytest -q -m "not slow and not heavy and not browser" $(ARGS)
 
 lint: $(STAMP) ## ruff, ruff format --check, the import-linter layers contract, functions <= 60 lines
-	$(VENV)/bin/ruff check src tests scripts
-	$(VENV)/bin/ruff format --check src tests scripts
+	$(VENV)/bin/ruff check src tests scripts notebooks
+	$(VENV)/bin/ruff format --check src tests scripts notebooks
 	$(VENV)/bin/lint-imports --no-cache
 	$(PY) scripts/check_function_length.py src
 
 format: $(STAMP) ## ruff format + import sort
-	$(VENV)/bin/ruff check --fix --select I src tests scripts
-	$(VENV)/bin/ruff format src tests scripts
+	$(VENV)/bin/ruff check --fix --select I src tests scripts notebooks
+	$(VENV)/bin/ruff format src tests scripts notebooks
 
 TEXT_TYPES ?= com,sci,taxon,sci_com,taxon_com,mixed
 
 sweep-text-types: $(STAMP) ## text-type ablation: train on each text type (Hydra multirun), print the table
-	$(TOLCLIP) train -m experiment=text_type data.text_type=$(TEXT_TYPES) logger=csv hydra.sweep.dir=logs/sweep-text-types $(ARGS)
+	$(TOLCLIP) train -m experiment=text_type data.text_type=$(TEXT_TYPES) hydra.sweep.dir=logs/sweep-text-types $(ARGS)
 	$(TOLCLIP) report logs/sweep-text-types
+
+hparams-search: $(STAMP) ## hyperparameter search with Optuna (configs/hparams_search/optuna.yaml): best values in the sweep folder's optimization_results.yaml (ARGS= for overrides)
+	$(TOLCLIP) train -m hparams_search=optuna $(ARGS)
+
+# Seconds one notebook cell may run (nbmake's unit; a notebook's metadata.execution.timeout overrides it).
+NB_TIMEOUT ?= 600
+
+notebooks: $(STAMP) ## run every notebook in notebooks/ top to bottom (nbmake; the committed files keep no outputs)
+	$(PY) -m pytest -q --nbmake --nbmake-timeout=$(NB_TIMEOUT) notebooks/ $(ARGS)
+
+REAL_SEEDS ?= 0
+
+sweep-text-types-real: $(STAMP) ## the ablation on real photos (../shared/data): shards with 15 species held out, one model per text type (REAL_SEEDS=0,1 for more seeds), the table
+	test -f data/shared_holdout/catalog.parquet || $(TOLCLIP) build-shards --config-name build/shared_holdout
+	$(TOLCLIP) train -m experiment=text_type_real data.text_type=$(TEXT_TYPES) seed=$(REAL_SEEDS) hydra.sweep.dir=logs/sweep-text-types-real $(ARGS)
+	$(TOLCLIP) report logs/sweep-text-types-real
 
 bench: bench-train bench-shards bench-eval bench-predict ## all benchmarks
 

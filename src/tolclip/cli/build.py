@@ -18,6 +18,7 @@ from tolclip.core.resources import CONFIG_PATH
 from tolclip.curate.build import build
 from tolclip.curate.check import check
 from tolclip.curate.config import BuildError
+from tolclip.evaluation.wandb_runs import log_job, scalars
 
 # The statistics printed after a build (stats.json has them all).
 SUMMARY_KEYS = (
@@ -42,8 +43,11 @@ def main(cfg: DictConfig) -> None:
         # A bad config or input (or a full / read-only disk) is the user's to fix: one line, no traceback.
         print(f"tolclip build-shards: error: {err}", file=sys.stderr)
         sys.exit(2)
-    print(json.dumps({k: stats[k] for k in SUMMARY_KEYS}, indent=1))
+    summary = {k: stats[k] for k in SUMMARY_KEYS}
+    print(json.dumps(summary, indent=1))
     print(f"wrote {build_cfg['out_dir']}")
+    wandb_cfg = OmegaConf.to_container(cfg.wandb, resolve=True) if cfg.get("wandb") else None
+    log_job(wandb_cfg, "build-shards", cfg.paths.output_dir, str(cfg.task_name), lambda: scalars(summary))
 
 
 def check_main(argv: list[str] | None = None) -> int:

@@ -10,11 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from tolclip.cli import run_folder  # noqa: F401 - registers ${run_id:} for hydra.run.dir (python -m runs)
 from tolclip.core.resources import CONFIG_PATH
 from tolclip.core.templates import templates_for
+from tolclip.evaluation.wandb_runs import log_job, rank_results_media
 from tolclip.evaluation.zero_shot import RankResult, evaluate_datamodule, print_results, write_csv
 from tolclip.models.checkpoints import load_net, run_net_config
 from tolclip.training.run import check_checkpoint_file, check_data, instantiate_datamodule
@@ -37,6 +38,15 @@ def evaluate(cfg: DictConfig) -> list[RankResult]:
     print_results(results)
     if zs.output_csv:
         write_csv(results, Path(cfg.paths.output_dir) / zs.output_csv, checkpoint=str(ckpt_path))
+    wandb_cfg = OmegaConf.to_container(cfg.wandb, resolve=True) if cfg.get("wandb") else None
+    log_job(
+        wandb_cfg,
+        "eval",
+        cfg.paths.output_dir,
+        str(cfg.task_name),
+        lambda: rank_results_media(results),
+        {"checkpoint": str(ckpt_path)},
+    )
     return results
 
 

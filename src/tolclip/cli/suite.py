@@ -15,6 +15,7 @@ from tolclip.core.resources import CONFIG_PATH
 from tolclip.evaluation.features import FeatureCache
 from tolclip.evaluation.suite import evaluate, load_eval_model, summary_line
 from tolclip.evaluation.tasks import describe, load_task
+from tolclip.evaluation.wandb_runs import log_suite_result
 from tolclip.models.loading import pick_device
 
 
@@ -34,6 +35,8 @@ def main(cfg: DictConfig) -> None:
     cache = FeatureCache(suite.get("cache_dir"))
     result = evaluate(model, task, suite, cache, Path(cfg.paths.output_dir))
     print(summary_line(result))
+    wandb_cfg = OmegaConf.to_container(cfg.wandb, resolve=True) if cfg.get("wandb") else None
+    log_suite_result(wandb_cfg, result, cfg.paths.output_dir, str(cfg.get("task_name", "eval_suite")))
 
 
 if __name__ == "__main__":

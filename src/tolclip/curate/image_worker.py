@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
+import signal
 import sys
 from collections.abc import Iterator
 from typing import Any
@@ -31,6 +32,14 @@ def image_settings(cfg: BuildConfig) -> dict[str, Any]:
 
 def _init_worker(settings: dict[str, Any], exclusion: EvalExclusion | None) -> None:
     _WORKER.update(settings, exclusion=exclusion)
+
+
+def _init_pool_worker(settings: dict[str, Any], exclusion: EvalExclusion | None) -> None:
+    # A forked worker inherits the CLI's SIGTERM handler, which raises: Pool.terminate() (leaving the
+    # pool's `with`) then interrupted workers inside the result queue's lock, and the build could hang
+    # at its end. A worker must just die on SIGTERM, as multiprocessing expects.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _init_worker(settings, exclusion)
 
 
 def process_one(task: ImageTask) -> dict[str, Any]:
@@ -72,7 +81,7 @@ def worker_pool(cfg: BuildConfig, exclusion: EvalExclusion | None) -> Any:
     if cfg.workers <= 1:
         return contextlib.nullcontext(None)
     ctx = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
-    return ctx.Pool(cfg.workers, initializer=_init_worker, initargs=(image_settings(cfg), exclusion))
+    return ctx.Pool(cfg.workers, initializer=_init_pool_worker, initargs=(image_settings(cfg), exclusion))
 
 
 def process_images(

@@ -21,6 +21,7 @@ from tolclip.evaluation.zero_shot import (
     results_table,
     write_csv,
 )
+from tolclip.training.dashboard import log_zero_shot_table
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +111,7 @@ class ZeroShotEvaluation(Callback):
                     self.results, Path(trainer.default_root_dir) / self.output_csv, train_text_type=train_type
                 )
                 log.info("zero-shot results written to %s", path)
+            log_zero_shot_table(trainer, self.results, getattr(trainer.datamodule, "text_type", ""))
 
 
 class SpeciesEvaluation(Callback):
@@ -138,6 +140,7 @@ class SpeciesEvaluation(Callback):
             metrics |= {f"classifier/{r.eval_set}/{r.rank}/top5": r.top5 for r in self.results}
             for logger in trainer.loggers:
                 logger.log_metrics(metrics, step=trainer.global_step)
+            log_zero_shot_table(trainer, self.results, "", key="classifier/table")
             from rich.console import Console
 
             title = (

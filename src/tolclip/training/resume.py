@@ -17,6 +17,8 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+from tolclip.core.run_names import hydra_run_names
+
 log = logging.getLogger(__name__)
 
 HPC_PATTERN = re.compile(r"hpc_ckpt_(\d+)\.ckpt")
@@ -105,11 +107,30 @@ def wandb_run_id(run_dir: str | os.PathLike) -> str:
     return run_id
 
 
-def wandb_logger(save_dir: str, id: str | None = None, resume: str = "allow", **kwargs: Any) -> Any:
+def wandb_logger(
+    save_dir: str,
+    id: str | None = None,
+    resume: str = "allow",
+    name: str | None = None,
+    group: str | None = None,
+    job_type: str = "train",
+    task_name: str = "train",
+    **kwargs: Any,
+) -> Any:
     """Lightning's WandbLogger continuing the run folder's wandb run (configs/logger/wandb.yaml).
 
     `id` given: that run. Else the id kept in the run folder, so a requeued job logs to the same
-    run (with `resume="allow"`, a new id starts a new run)."""
+    run (with `resume="allow"`, a new id starts a new run). `name`/`group` None: derived from the
+    Hydra job (core/run_names.py: the overrides a sweep varies, one group per sweep)."""
     from lightning.pytorch.loggers import WandbLogger
 
-    return WandbLogger(save_dir=save_dir, id=id or wandb_run_id(save_dir), resume=resume, **kwargs)
+    names = hydra_run_names(job_type, task_name, name, group)
+    return WandbLogger(
+        save_dir=save_dir,
+        id=id or wandb_run_id(save_dir),
+        resume=resume,
+        name=names.name,
+        group=names.group,
+        job_type=names.job_type,
+        **kwargs,
+    )

@@ -16,8 +16,10 @@ import hydra
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
+from tolclip.core.taxonomy import RANKS
 from tolclip.data.stream import expand_shards
-from tolclip.training.callbacks import ZeroShotEvaluation
+from tolclip.training.callbacks import SpeciesEvaluation, ZeroShotEvaluation
+from tolclip.training.dashboard import finish_wandb
 from tolclip.training.init_from import apply_init_from
 from tolclip.training.resume import resume_path
 
@@ -105,8 +107,67 @@ def check_data(datamodule: L.LightningDataModule, train: bool = True) -> None:
         check_shard_set(f"data.eval_sets.{name}", spec)
 
 
+def final_metrics(trainer: L.Trainer) -> dict[str, float]:
+    """The trainer's metrics and the end-of-training evaluation tables, under the names the
+    evaluation callbacks log them (`zeroshot/{text type}/{set}/{rank}/top1`, `classifier/...`): they
+    go to the loggers only, so Lightning's `callback_metrics` lacks them."""
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    for callback in trainer.callbacks:
+        if isinstance(callback, ZeroShotEvaluation):
+            names = [f"zeroshot/{r.text_type}/{r.eval_set}/{r.rank}" for r in callback.results]
+        elif isinstance(callback, SpeciesEvaluation):
+            names = [f"classifier/{r.eval_set}/{r.rank}" for r in callback.results]
+        else:
+            continue
+        for name, r in zip(names, callback.results, strict=True):
+            metrics |= {f"{name}/top1": float(r.top1), f"{name}/top5": float(r.top5)}
+    return metrics
+
+
+def optimized_value(out: dict[str, Any], name: str | None) -> float | None:
+    """The value of `optimized_metric` in `train`'s output (what a hyperparameter search maximises);
+    None when unset."""
+    metrics = out["metrics"]
+    if not name:
+        return None
+    # Evaluation runs on global rank 0 alone: the other DDP ranks have no zero-shot numbers to return.
+    if name not in metrics and out["trainer"].is_global_zero:
+        raise ValueError(
+            f"optimized_metric: this run has no metric {name!r}; it has: {', '.join(sorted(metrics))}"
+        )
+    return metrics.get(name)
+
+
+def check_optimized_metric(cfg: DictConfig) -> None:
+    """A zero-shot `optimized_metric` the config cannot produce stops before training, not after it:
+    `zeroshot/{text type}/{eval set}/{rank}/top1|top5` must name a configured text type, set and rank."""
+    name = cfg.get("optimized_metric")
+    if not name or not str(name).startswith("zeroshot/"):
+        return  # other names (train/loss, classifier/...) are checked against the run's metrics at its end
+    zero_shot = (cfg.get("callbacks") or {}).get("zero_shot")
+    if not zero_shot:
+        raise ValueError(f"optimized_metric: {name!r} needs the zero-shot evaluation (callbacks.zero_shot)")
+    choices = [
+        list(zero_shot.get("text_types") or []),
+        list((cfg.data.get("eval_sets") or {}).keys()),
+        list(zero_shot.get("ranks") or RANKS),
+        ["top1", "top5"],
+    ]
+    parts = str(name).split("/")[1:]
+    what = ("text type", "eval set", "rank", "measure")
+    bad = [
+        f"{w} {p!r} (choose from {c})" for w, p, c in zip(what, parts, choices, strict=False) if p not in c
+    ]
+    if len(parts) != 4 or bad:
+        raise ValueError(
+            f"optimized_metric: {name!r} is not a zero-shot metric of this config "
+            f"(zeroshot/<text type>/<eval set>/<rank>/top1|top5): {'; '.join(bad) or 'wrong number of parts'}"
+        )
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Run one training job; returns the trainer's final metrics and the zero-shot results."""
+    check_optimized_metric(cfg)  # a typo in a search's metric must not cost a whole training run
     apply_init_from(cfg)  # first: the data configs read the net sizes that released weights may set
     L.seed_everything(cfg.seed, workers=True)
     # Every path is checked before anything is logged or trained: the checkpoint first (cheap), the
@@ -120,12 +181,17 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     }
     datamodule.prepare_data()
     check_data(datamodule)
-    for logger in trainer.loggers:
-        logger.log_hyperparams(hparams)
-    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    failed = True
+    try:
+        for logger in trainer.loggers:
+            logger.log_hyperparams(hparams)
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+        failed = False
+    finally:
+        finish_wandb(trainer, failed)  # the next job of a multirun (same process) gets its own run
     zero_shot = next((c for c in trainer.callbacks if isinstance(c, ZeroShotEvaluation)), None)
     return {
-        "metrics": {k: float(v) for k, v in trainer.callback_metrics.items()},
+        "metrics": final_metrics(trainer),
         "zero_shot": zero_shot.results if zero_shot else [],
         "trainer": trainer,
         "model": model,
