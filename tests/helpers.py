@@ -151,19 +151,25 @@ SYNTHETIC_MICRO = [
 ]
 
 
+# Two batches of 8 an epoch, in-process loading, one prompt template, a CSV log: shard-trained test runs.
+SMALL_RUN = [
+    "data.epoch_samples=16",
+    "data.batch_size=8",
+    "data.num_workers=0",
+    "data.shuffle_buffer=8",
+    "logger=csv",
+    "callbacks.zero_shot.templates=single",
+    "~callbacks.progress_bar",
+]
+
+
 def shard_overrides(root: Path) -> list[str]:
     """Train the micro model on small shards at root/train, evaluating on root/val with one template."""
     return [
         "data=shards",
         f"data.train_shards={root}/train/shard-*.tar",
         f"+data.eval_sets.val={root}/val/shard-*.tar",
-        "data.epoch_samples=16",
-        "data.batch_size=8",
-        "data.num_workers=0",
-        "data.shuffle_buffer=8",
-        "logger=csv",
-        "callbacks.zero_shot.templates=single",
-        "~callbacks.progress_bar",
+        *SMALL_RUN,
         *MICRO,
     ]
 

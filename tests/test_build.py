@@ -26,7 +26,7 @@ from tolclip.curate.dedup import Deduplicator, content_hash, perceptual_hash
 from tolclip.curate.splits import assign_split, make_key
 from tolclip.data.shards import iter_records
 
-from helpers import MICRO, make_cfg
+from helpers import MICRO, SMALL_RUN, make_cfg
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -456,15 +456,9 @@ def test_training_runs_on_shards_built_from_shared_sources(tmp_path: Path) -> No
         tmp_path,
         [
             "data=shared_sources",
-            "data.epoch_samples=16",
-            "data.batch_size=8",
-            "data.num_workers=0",
-            "data.shuffle_buffer=8",
             f"data.train_shards={tmp_path / 'built'}/train/shard-*.tar",
             f"data.eval_sets.val={tmp_path / 'built'}/val/shard-*.tar",
-            "logger=csv",
-            "callbacks.zero_shot.templates=single",
-            "~callbacks.progress_bar",
+            *SMALL_RUN,
             "trainer.max_epochs=1",
             *MICRO,
         ],
@@ -526,14 +520,8 @@ def test_real_photo_ablation_data_and_experiment(tmp_path: Path) -> None:
             f"data.train_shards={shards['train']}",
             f"data.eval_sets.seen={shards['seen']}",
             f"data.eval_sets.unseen={built}/unseen/shard-*.tar",
-            "data.epoch_samples=16",
-            "data.batch_size=8",
-            "data.num_workers=0",
-            "data.shuffle_buffer=8",
-            "logger=csv",
-            "callbacks.zero_shot.templates=single",
+            *SMALL_RUN,
             "callbacks.zero_shot.text_types=[taxon,com]",
-            "~callbacks.progress_bar",
             "trainer.max_epochs=1",
             *MICRO,
         ],

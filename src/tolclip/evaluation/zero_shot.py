@@ -145,29 +145,26 @@ def results_table(results: Sequence[RankResult], title: str = "zero-shot accurac
     return table
 
 
+# One result as a table row (zero_shot.csv, the dashboard's table), after any constant columns.
+RESULT_COLUMNS = ["text_type", "eval_set", "rank", "images", "classes", "top1", "top5", "chance"]
+
+
+def result_row(r: RankResult) -> list[str | int | float]:
+    """The values of `RESULT_COLUMNS` for one result."""
+    return [r.text_type, r.eval_set, r.rank, r.images, r.classes, r.top1, r.top5, r.chance]
+
+
 def write_csv(results: Sequence[RankResult], path: str | Path, **extra: str) -> Path:
     """CSV with one row per (text type, set, rank), plus constant `extra` columns (e.g. the run's
     training text type)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fields = [*extra, "text_type", "eval_set", "rank", "images", "classes", "top1", "top5", "chance"]
     with path.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=fields)
-        writer.writeheader()
+        writer = csv.writer(fh)
+        writer.writerow([*extra, *RESULT_COLUMNS])
         for r in results:
-            writer.writerow(
-                {
-                    **extra,
-                    "text_type": r.text_type,
-                    "eval_set": r.eval_set,
-                    "rank": r.rank,
-                    "images": r.images,
-                    "classes": r.classes,
-                    "top1": f"{r.top1:.4f}",
-                    "top5": f"{r.top5:.4f}",
-                    "chance": f"{r.chance:.4f}",
-                }
-            )
+            row = [f"{v:.4f}" if isinstance(v, float) else v for v in result_row(r)]
+            writer.writerow([*extra.values(), *row])
     return path
 
 

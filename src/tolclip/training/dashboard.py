@@ -23,21 +23,11 @@ from PIL import Image
 
 from tolclip.core.constants import CLIP_MEAN, CLIP_STD
 from tolclip.core.tokenizer import get_tokenizer
-from tolclip.evaluation.zero_shot import RankResult
+from tolclip.evaluation.zero_shot import RESULT_COLUMNS, RankResult, result_row
 
 log = logging.getLogger(__name__)
 
-ZERO_SHOT_COLUMNS = [
-    "train_text_type",
-    "text_type",
-    "eval_set",
-    "rank",
-    "images",
-    "classes",
-    "top1",
-    "top5",
-    "chance",
-]
+ZERO_SHOT_COLUMNS = ["train_text_type", *RESULT_COLUMNS]
 
 
 def wandb_loggers(trainer: L.Trainer) -> list[WandbLogger]:
@@ -52,10 +42,7 @@ def log_zero_shot_table(
 ) -> None:
     """The end-of-training results, one row per text type, eval set and rank (`zeroshot/table`; the
     supervised baseline's: `classifier/table`, text type "classifier")."""
-    rows = [
-        [train_text_type, r.text_type, r.eval_set, r.rank, r.images, r.classes, r.top1, r.top5, r.chance]
-        for r in results
-    ]
+    rows = [[train_text_type, *result_row(r)] for r in results]
     for logger in wandb_loggers(trainer):
         logger.log_table(key, columns=ZERO_SHOT_COLUMNS, data=rows, step=trainer.global_step)
 
