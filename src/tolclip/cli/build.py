@@ -46,8 +46,9 @@ def main(cfg: DictConfig) -> None:
     summary = {k: stats[k] for k in SUMMARY_KEYS}
     print(json.dumps(summary, indent=1))
     print(f"wrote {build_cfg['out_dir']}")
-    wandb_cfg = OmegaConf.to_container(cfg.wandb, resolve=True) if cfg.get("wandb") else None
-    log_job(wandb_cfg, "build-shards", cfg.paths.output_dir, str(cfg.task_name), lambda: scalars(summary))
+    log_job(
+        cfg.get("wandb"), "build-shards", cfg.paths.output_dir, str(cfg.task_name), lambda: scalars(summary)
+    )
 
 
 def check_main(argv: list[str] | None = None) -> int:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from tolclip.cli import run_folder  # noqa: F401 - registers ${run_id:} for hydra.run.dir (python -m runs)
 from tolclip.core.resources import CONFIG_PATH
@@ -38,9 +38,8 @@ def evaluate(cfg: DictConfig) -> list[RankResult]:
     print_results(results)
     if zs.output_csv:
         write_csv(results, Path(cfg.paths.output_dir) / zs.output_csv, checkpoint=str(ckpt_path))
-    wandb_cfg = OmegaConf.to_container(cfg.wandb, resolve=True) if cfg.get("wandb") else None
     log_job(
-        wandb_cfg,
+        cfg.get("wandb"),
         "eval",
         cfg.paths.output_dir,
         str(cfg.task_name),

@@ -35,8 +35,7 @@ def main(cfg: DictConfig) -> None:
     cache = FeatureCache(suite.get("cache_dir"))
     result = evaluate(model, task, suite, cache, Path(cfg.paths.output_dir))
     print(summary_line(result))
-    wandb_cfg = OmegaConf.to_container(cfg.wandb, resolve=True) if cfg.get("wandb") else None
-    log_suite_result(wandb_cfg, result, cfg.paths.output_dir, str(cfg.get("task_name", "eval_suite")))
+    log_suite_result(cfg.get("wandb"), result, cfg.paths.output_dir, str(cfg.get("task_name", "eval_suite")))
 
 
 if __name__ == "__main__":

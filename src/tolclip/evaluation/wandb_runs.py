@@ -21,7 +21,7 @@ from typing import Any
 
 from tolclip.core.run_names import RunNames, hydra_run_names, sweep_group
 from tolclip.core.taxonomy import RANKS
-from tolclip.evaluation.zero_shot import RankResult
+from tolclip.evaluation.zero_shot import RESULT_COLUMNS, RankResult, rank_metrics, result_row
 
 log = logging.getLogger(__name__)
 RUN_FILE = "wandb_run.json"
@@ -54,7 +54,8 @@ def init_run(
 def start_run(
     settings: Mapping[str, Any] | None, job_type: str, out_dir: str | Path, task_name: str, config: Any = None
 ) -> Any | None:
-    """The run of a Hydra command's job when its `wandb.enabled` is set; None otherwise."""
+    """The run of a Hydra command's job when its `wandb.enabled` is set; None otherwise. `settings`: the
+    command's `wandb:` block as it is (a DictConfig reads as a mapping, interpolations resolved)."""
     settings = dict(settings or {})
     if not settings.get("enabled"):
         return None
@@ -99,7 +100,6 @@ def silhouette_figure(silhouette: Mapping[str, float | None], title: str) -> Any
     """Silhouette score per rank as a bar chart (PIL image): the tree's shape in one picture."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-    from PIL import Image
 
     ranks = [r for r in RANKS if silhouette.get(r) is not None]
     fig = Figure(figsize=(6, 3.2), dpi=90)
@@ -110,6 +110,13 @@ def silhouette_figure(silhouette: Mapping[str, float | None], title: str) -> Any
     ax.set_ylabel("silhouette (cosine)")
     ax.set_title(title, fontsize=9)
     ax.tick_params(axis="x", labelrotation=30)
+    return figure_image(fig)
+
+
+def figure_image(fig: Any) -> Any:
+    """A matplotlib figure as a PIL image (what wandb.Image and log_image take), laid out tight."""
+    from PIL import Image
+
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
@@ -174,13 +181,8 @@ def rank_results_media(results: Sequence[RankResult]) -> dict[str, Any]:
     """Zero-shot results at every rank: `zeroshot/{text type}/{set}/{rank}/top1|top5` and one table."""
     import wandb
 
-    out: dict[str, Any] = {}
-    for r in results:
-        out[f"zeroshot/{r.text_type}/{r.eval_set}/{r.rank}/top1"] = r.top1
-        out[f"zeroshot/{r.text_type}/{r.eval_set}/{r.rank}/top5"] = r.top5
-    columns = ["text_type", "eval_set", "rank", "images", "classes", "top1", "top5", "chance"]
-    data = [[r.text_type, r.eval_set, r.rank, r.images, r.classes, r.top1, r.top5, r.chance] for r in results]
-    return out | {"zeroshot/table": wandb.Table(columns=columns, data=data)}
+    table = wandb.Table(columns=RESULT_COLUMNS, data=[result_row(r) for r in results])
+    return rank_metrics(results, "zeroshot") | {"zeroshot/table": table}
 
 
 def report_names(sweep_dir: str | Path, job_runs: Sequence[Path] = ()) -> tuple[str, RunNames]:

@@ -154,6 +154,20 @@ def result_row(r: RankResult) -> list[str | int | float]:
     return [r.text_type, r.eval_set, r.rank, r.images, r.classes, r.top1, r.top5, r.chance]
 
 
+def rank_metrics(results: Sequence[RankResult], prefix: str, by_text_type: bool = True) -> dict[str, float]:
+    """The logged names of results: `{prefix}/{text type}/{set}/{rank}/top1|top5` (the supervised
+    baseline, without text: `{prefix}/{set}/{rank}/...`)."""
+    metrics: dict[str, float] = {}
+    for r in results:
+        name = (
+            f"{prefix}/{r.text_type}/{r.eval_set}/{r.rank}"
+            if by_text_type
+            else f"{prefix}/{r.eval_set}/{r.rank}"
+        )
+        metrics |= {f"{name}/top1": float(r.top1), f"{name}/top5": float(r.top5)}
+    return metrics
+
+
 def write_csv(results: Sequence[RankResult], path: str | Path, **extra: str) -> Path:
     """CSV with one row per (text type, set, rank), plus constant `extra` columns (e.g. the run's
     training text type)."""

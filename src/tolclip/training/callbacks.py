@@ -18,6 +18,7 @@ from tolclip.evaluation.zero_shot import (
     RankResult,
     evaluate_datamodule,
     print_results,
+    rank_metrics,
     results_table,
     write_csv,
 )
@@ -88,8 +89,7 @@ class ZeroShotEvaluation(Callback):
             results = evaluate_datamodule(
                 pl_module.net, dm, self.text_types, templates, self.ranks, self.context_length
             )
-            metrics = {f"{prefix}/{r.text_type}/{r.eval_set}/{r.rank}/top1": r.top1 for r in results}
-            metrics |= {f"{prefix}/{r.text_type}/{r.eval_set}/{r.rank}/top5": r.top5 for r in results}
+            metrics = rank_metrics(results, prefix)
             for logger in trainer.loggers:
                 logger.log_metrics(metrics, step=trainer.global_step)
         trainer.strategy.barrier()
@@ -105,13 +105,13 @@ class ZeroShotEvaluation(Callback):
         self.results = self.run(trainer, pl_module, self.templates, "zeroshot")
         if trainer.is_global_zero and self.results:
             print_results(self.results)
+            train_type = getattr(trainer.datamodule, "text_type", "")
             if self.output_csv:
-                train_type = getattr(trainer.datamodule, "text_type", "")
                 path = write_csv(
                     self.results, Path(trainer.default_root_dir) / self.output_csv, train_text_type=train_type
                 )
                 log.info("zero-shot results written to %s", path)
-            log_zero_shot_table(trainer, self.results, getattr(trainer.datamodule, "text_type", ""))
+            log_zero_shot_table(trainer, self.results, train_type)
 
 
 class SpeciesEvaluation(Callback):
@@ -136,8 +136,7 @@ class SpeciesEvaluation(Callback):
         if trainer.is_global_zero and dm.eval_sets:
             loaders = {name: dm.eval_dataloader(name) for name in dm.eval_sets}
             self.results = evaluate_classifier(pl_module.net, pl_module.species_classes, loaders, self.ranks)
-            metrics = {f"classifier/{r.eval_set}/{r.rank}/top1": r.top1 for r in self.results}
-            metrics |= {f"classifier/{r.eval_set}/{r.rank}/top5": r.top5 for r in self.results}
+            metrics = rank_metrics(self.results, "classifier", by_text_type=False)
             for logger in trainer.loggers:
                 logger.log_metrics(metrics, step=trainer.global_step)
             log_zero_shot_table(trainer, self.results, "", key="classifier/table")

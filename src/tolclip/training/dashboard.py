@@ -7,7 +7,6 @@ cost nothing), and logs from global rank 0 only.
 
 from __future__ import annotations
 
-import io
 import logging
 import math
 import re
@@ -23,6 +22,7 @@ from PIL import Image
 
 from tolclip.core.constants import CLIP_MEAN, CLIP_STD
 from tolclip.core.tokenizer import get_tokenizer
+from tolclip.evaluation.wandb_runs import figure_image
 from tolclip.evaluation.zero_shot import RESULT_COLUMNS, RankResult, result_row
 
 log = logging.getLogger(__name__)
@@ -73,10 +73,7 @@ def caption_grid(images: torch.Tensor, captions: Sequence[str], columns: int = 4
         ax.imshow(image.permute(1, 2, 0).numpy())
         ax.set_title(textwrap.fill(caption, 36), fontsize=7)
         ax.axis("off")
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    return Image.open(buffer).convert("RGB")
+    return figure_image(fig)
 
 
 def batch_captions(batch: dict, text_types: Sequence[str], n: int) -> list[str]:

@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from tolclip.core.taxonomy import RANKS
 from tolclip.data.stream import expand_shards
+from tolclip.evaluation.zero_shot import rank_metrics
 from tolclip.training.callbacks import SpeciesEvaluation, ZeroShotEvaluation
 from tolclip.training.dashboard import finish_wandb
 from tolclip.training.init_from import apply_init_from
@@ -114,13 +115,9 @@ def final_metrics(trainer: L.Trainer) -> dict[str, float]:
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     for callback in trainer.callbacks:
         if isinstance(callback, ZeroShotEvaluation):
-            names = [f"zeroshot/{r.text_type}/{r.eval_set}/{r.rank}" for r in callback.results]
+            metrics |= rank_metrics(callback.results, "zeroshot")
         elif isinstance(callback, SpeciesEvaluation):
-            names = [f"classifier/{r.eval_set}/{r.rank}" for r in callback.results]
-        else:
-            continue
-        for name, r in zip(names, callback.results, strict=True):
-            metrics |= {f"{name}/top1": float(r.top1), f"{name}/top5": float(r.top5)}
+            metrics |= rank_metrics(callback.results, "classifier", by_text_type=False)
     return metrics
 
 
