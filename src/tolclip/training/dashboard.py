@@ -110,8 +110,10 @@ class TrainingSamples(Callback):
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, _: int
     ) -> None:
+        if self._logged:  # checked first: this runs before every training batch
+            return
         loggers = wandb_loggers(trainer)
-        if self._logged or not loggers or not isinstance(batch, dict) or "image" not in batch:
+        if not loggers or not isinstance(batch, dict) or "image" not in batch:
             return
         self._logged = True
         images = batch["image"][: self.max_images].detach().float().cpu()
