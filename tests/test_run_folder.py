@@ -30,7 +30,9 @@ if os.environ.get("RANK", "0") == "0":
     time.sleep(float(sys.argv[2]))
 hydra = yaml.safe_load(open(sys.argv[1] + "/hydra/default.yaml"))
 cfg = OmegaConf.create({"paths": {"log_dir": sys.argv[3]}, "task_name": "train", "run": hydra["run"]})
-print("RUN_DIR", cfg.run.dir, flush=True)
+# One write per line: the ranks share the pipe unbuffered, and print's separate pieces interleaved.
+sys.stdout.write(f"RUN_DIR {cfg.run.dir}\\n")
+sys.stdout.flush()
 """
 
 
