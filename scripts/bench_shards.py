@@ -6,14 +6,15 @@ machine noise hits all alike); medians are printed:
 * ``limit``: Pillow alone, the practical limit: read the file, ``Image.open``, ``convert("RGB")``,
   resize to size×size (BICUBIC, reducing_gap 3 as the builder's squash mode), JPEG encode at the
   builder's quality, bytes returned to the parent.
-* ``stage``: the builder's image stage exactly as `build()` runs it: `tolclip.curate.image_worker.process_images`
-  over `process_one` (decode with all checks, resize, encode, SHA-256, pHash) and
-  `Spool.add` (encoded.bin + processed.jsonl) for every result.
+* ``stage``: the builder's image stage as `build()` runs it: `tolclip.curate.image_worker.process_chunk`
+  (decode with all checks, resize, encode, SHA-256, pHash, tar members) through the builder's
+  executor and ordered window, results back in the parent.
 * ``build``: the whole `tolclip.curate.build.build()` on a manifest of those images (scan, taxonomy
   resolution, image stage, dedup, split, shard writing, catalog, stats), `progress=false`.
 
-Parallelism matches the builder's: ``workers=1`` runs in-process (no pool) on every side; ``workers=w>1``
-uses a fork ``multiprocessing.Pool(w)`` with ``imap`` and the builder's chunk size.
+Parallelism: the limit runs in-process at ``workers=1`` and in a fork ``multiprocessing.Pool(w)`` with
+``imap`` above; the builder's sides use ``w`` worker processes (``workers=0`` would be in-process),
+while the parent process dedups, splits and writes shards concurrently.
 
     python scripts/bench_shards.py --images 600 --workers 1 2 --rounds 3
 """
@@ -40,9 +41,9 @@ from PIL import Image
 from tolclip.core.taxonomy import Taxon
 from tolclip.curate.build import build
 from tolclip.curate.config import BuildConfig
-from tolclip.curate.image_worker import process_images, worker_pool
+from tolclip.curate.executor import open_executor, ordered_map
+from tolclip.curate.image_worker import image_settings, init_worker, process_chunk
 from tolclip.curate.sources import IMAGE_EXTENSIONS
-from tolclip.curate.spool import CACHE_DIR, Spool
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_ROOT = ROOT.parent / "shared" / "data" / "sources" / "butterflies-100" / "train"
@@ -91,28 +92,20 @@ def run_limit(paths: list[str], workers: int, size: int, quality: int, chunk: in
 
 
 def run_stage(paths: list[str], workers: int, size: int, quality: int, chunk: int, tmp: Path) -> float:
-    """The image stage of `build()`: `process_images` (`process_one`, which also builds each sample's tar
-    members) + `Spool.add`, as the builder does it."""
-    out = Path(tempfile.mkdtemp(dir=tmp))
+    """The image stage of `build()` alone: `process_chunk` over chunks of tasks through the same
+    executor and ordered window the builder uses (no dedup, journal or shard writes)."""
     cfg = BuildConfig(
-        out_dir=out,
-        sources=[{}],
-        workers=workers,
-        chunk_size=chunk,
-        quality=quality,
-        resize={"mode": "squash", "size": size},
-        progress=False,
+        out_dir=tmp, sources=[{}], quality=quality, resize={"mode": "squash", "size": size}, progress=False
     )
     taxon = Taxon.clean(genus="Danaus", species="plexippus")  # the label does not change the image work
     tasks = [(f"k{i:06d}", p, taxon, "bench", str(i)) for i, p in enumerate(paths)]
+    chunks = [tasks[i : i + chunk] for i in range(0, len(tasks), chunk)]
     t = time.perf_counter()
-    with Spool(out / CACHE_DIR) as spool, worker_pool(cfg, None) as pool:
-        for result in process_images(tasks, cfg, None, pool):
-            spool.add(result)
+    with open_executor("local", workers, init_worker, image_settings(cfg, None)) as ex:
+        results = [r for rs in ordered_map(ex, process_chunk, iter(chunks), max(2, 2 * workers)) for r in rs]
     dt = time.perf_counter() - t
-    bad = [r for r in spool.done.values() if not r["ok"]]
-    assert len(spool.done) == len(paths) and not bad, bad[:3]
-    shutil.rmtree(out)
+    bad = [r for r in results if not r["ok"]]
+    assert len(results) == len(paths) and not bad, bad[:3]
     return len(paths) / dt
 
 
@@ -281,7 +274,7 @@ def main() -> None:
     w1 = args.workers[0]
     print(
         f"\nmedian images/s over {args.rounds} rounds ({n} images); stage = builder image stage alone "
-        f"(process_images + Spool.add), build = whole build(); scaling = img/s / img/s at "
+        f"(process_chunk through the executor), build = whole build(); scaling = img/s / img/s at "
         f"workers={w1}"
     )
     head = (

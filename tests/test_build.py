@@ -59,6 +59,10 @@ def _read(path: Path) -> list[dict[str, str]]:
 
 @pytest.fixture
 def sources(tmp_path: Path) -> dict[str, Path]:
+    return make_sources(tmp_path)
+
+
+def make_sources(tmp_path: Path) -> dict[str, Path]:
     """ImageFolder: 4 named species × 4 images, an unknown label, a corrupt file, a byte copy, an eval copy."""
     root = tmp_path / "src"
     i = 0
@@ -97,7 +101,7 @@ def _config(sources: dict[str, Path], out: Path, **over: object) -> dict:
         "splits": {"train": 70, "val": 30},
         "train_small_fraction": 0.5,
         "max_count": 3,
-        "workers": 1,
+        "workers": 0,  # in this process, so tests can patch the image stage
         "progress": False,
     }
     cfg.update(over)
@@ -198,7 +202,8 @@ def test_resume_gives_identical_output(sources: dict[str, Path], tmp_path: Path,
     expected = _snapshot(reference)
     assert len([k for k in expected if k.endswith(".tar")]) >= 4
 
-    # 1. Interrupted in the image stage after 5 images; the resume decodes only the rest.
+    # 1. Interrupted in the image stage after 5 images (one image per task, so none is lost with its
+    # chunk); the resume decodes only the rest.
     real = image_worker.process_one
     calls: list[str] = []
 
@@ -211,36 +216,38 @@ def test_resume_gives_identical_output(sources: dict[str, Path], tmp_path: Path,
     out = tmp_path / "interrupted"
     monkeypatch.setattr(image_worker, "process_one", flaky)
     with pytest.raises(KeyboardInterrupt):
-        build(_config(sources, out))
-    assert not list(out.glob("*/shard-*.tar"))
+        build(_config(sources, out, chunk_size=1))
+    assert not (out / "catalog.csv").exists()
     monkeypatch.setattr(image_worker, "process_one", lambda task: calls.append(task[0]) or real(task))
     build(_config(sources, out, resume=True))
     # 14 files reach the image stage (not rosa, not mystery), each decoded once.
     assert len(calls) == len(set(calls)) == 14
     assert _snapshot(out) == expected
 
-    # 2. Interrupted while writing shards (after two complete shards, with a half-written temp file).
-    real_write = shard_writer.write_one_shard
-    written: list[Path] = []
+    # 2. Interrupted while closing the third shard (its temp file complete, not yet renamed), with a
+    # stray temp file beside it.
+    real_close = shard_writer.ShardStream._close
+    closed: list[str] = []
 
-    def crash(samples, final):
-        if len(written) == 2:
-            tmp = final.parent / ".tmp-crash"
-            tmp.mkdir(parents=True)
-            (tmp / "shard-000000.tar").write_bytes(b"partial")
+    def crash(stream):
+        if len(closed) == 2:
+            (stream.out / stream.name / ".tmp-crash").write_bytes(b"partial")
             raise RuntimeError("disk full")
-        written.append(final)
-        real_write(samples, final)
+        closed.append(stream.rel)
+        real_close(stream)
 
     out2 = tmp_path / "interrupted2"
-    monkeypatch.setattr(shard_writer, "write_one_shard", crash)
+    monkeypatch.setattr(shard_writer.ShardStream, "_close", crash)
     with pytest.raises(RuntimeError, match="disk full"):
         build(_config(sources, out2))
     assert not (out2 / "catalog.csv").exists()
-    rewritten: list[Path] = []
-    monkeypatch.setattr(shard_writer, "write_one_shard", lambda s, f: rewritten.append(f) or real_write(s, f))
+    finished = {rel: (out2 / rel).stat() for rel in closed}
+    assert len(finished) == 2
+    monkeypatch.setattr(shard_writer.ShardStream, "_close", real_close)
     build(_config(sources, out2, resume=True))
-    assert not set(written) & set(rewritten)  # finished shards were kept, not rewritten
+    for rel, st in finished.items():  # finished shards were kept, not rewritten
+        now = (out2 / rel).stat()
+        assert (now.st_ino, now.st_mtime_ns) == (st.st_ino, st.st_mtime_ns)
     assert _snapshot(out2) == expected
     assert not list(out2.glob("*/.tmp-*"))
 

@@ -83,7 +83,7 @@ def _config(source: Path, out: Path, **over: object) -> dict:
         "resize": {"mode": "squash", "size": 32},
         "splits": {"train": 70, "val": 30},
         "max_count": 2,
-        "workers": 1,
+        "workers": 0,  # in this process, so tests can patch the image stage
         "progress": False,
     }
     return {**cfg, **over}
@@ -202,16 +202,16 @@ def test_resume_refuses_an_edited_image_after_shards_were_written(
     source: Path, tmp_path: Path, monkeypatch
 ) -> None:
     out = tmp_path / "out"
-    real_write = shard_writer.write_one_shard
-    written: list[Path] = []
+    real_close = shard_writer.ShardStream._close
+    closed: list[str] = []
 
-    def crash(samples, final):
-        if len(written) == 2:
+    def crash(stream):
+        if len(closed) == 2:
             raise RuntimeError("disk full")
-        written.append(final)
-        real_write(samples, final)
+        closed.append(stream.rel)
+        real_close(stream)
 
-    monkeypatch.setattr(shard_writer, "write_one_shard", crash)
+    monkeypatch.setattr(shard_writer.ShardStream, "_close", crash)
     with pytest.raises(RuntimeError, match="disk full"):
         build(_config(source, out))
     monkeypatch.undo()
@@ -222,13 +222,16 @@ def test_resume_refuses_an_edited_image_after_shards_were_written(
 
 
 def test_build_fails_when_shards_disagree_with_the_catalog(source: Path, tmp_path: Path, monkeypatch) -> None:
-    real = shard_writer._write_shard_job
+    real = shard_writer.ShardStream.add
+    dropped: list[str] = []
 
-    def lossy(job):  # a shard writer that loses a sample: exit 0 would hide it
-        final, blobs, members = job
-        return real((final, blobs, members[:-1]))
+    def lossy(stream, length, blob):  # a shard writer that loses a sample: exit 0 would hide it
+        if stream.count == 1 and not dropped:  # the second sample of the first shard that gets one
+            dropped.append(stream.rel)
+            blob = None
+        return real(stream, length, blob)
 
-    monkeypatch.setattr(shard_writer, "_write_shard_job", lossy)
+    monkeypatch.setattr(shard_writer.ShardStream, "add", lossy)
     out = tmp_path / "out"
     with pytest.raises(
         BuildError, match=r"the shards in .* disagree with catalog.csv: .*catalog sample\(s\) missing"

@@ -8,7 +8,7 @@ import tarfile
 
 import pytest
 
-from tolclip.data.shards import tar_header, to_record, write_shards
+from tolclip.data.shards import tar_header, to_record, ustar_member_names, write_shards
 
 from helpers import make_samples
 
@@ -60,3 +60,20 @@ def test_gnu_tar_lists_the_shard(tmp_path) -> None:
         ["tar", "-tf", str(path)], capture_output=True, text=True, check=True
     ).stdout.split()
     assert len(listing) == 2 * len(to_record(make_samples(1)[0])) - 2
+
+
+def test_fast_member_listing_equals_tarfile_and_refuses_other_tars(tmp_path) -> None:
+    (path,) = write_shards(make_samples(5), tmp_path)
+    with tarfile.open(path) as tar:
+        assert ustar_member_names(path) == tar.getnames()
+    # A pax header (a long name), a cut file and a damaged header are left to tarfile.
+    pax = tmp_path / "pax.tar"
+    with tarfile.open(pax, "w", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo("a" * 150 + ".jpg")
+        tar.addfile(info)
+    data = path.read_bytes()
+    (tmp_path / "cut.tar").write_bytes(data[:1024])
+    (tmp_path / "bad.tar").write_bytes(data[:10] + b"X" + data[11:])
+    for name in ("pax.tar", "cut.tar", "bad.tar"):
+        with pytest.raises(ValueError):
+            ustar_member_names(tmp_path / name)

@@ -1,21 +1,27 @@
 """Build Tree-of-Life training shards from image collections (`tolclip build-shards`, configs in configs/build/).
 
-Stages, one function each: scan sources → resolve taxonomy (and drop excluded species) → process images
-(decode, resize, encode and hash, in parallel) → drop eval leakage and within-dataset duplicates → split
-by key hash → write shards → catalog, statistics and reports. Every scanned input ends in exactly one of
-`catalog.csv`, `skipped.csv` (could not be used: scan problem, no taxon, bad image) or `excluded.csv`
-(usable but kept out on purpose: excluded species, eval leakage, duplicate).
+A streaming pipeline: every input flows through the stages one by one, in scan order, and nothing is
+kept per image but its hashes, so memory stays flat however large the collection:
 
-Resume (`resume=true`): the image stage appends each record's result to the spool (`tolclip.curate.spool`)
-as it completes, so a resumed build decodes only the records not yet done. The dedup and split decisions
-are cheap and deterministic and are simply recomputed. Each shard is written to a temporary name and
-renamed when complete; `progress.json` lists the finished shards with their sample counts, and a resumed
-build skips a shard whose file exists with the expected count. Shard contents are deterministic (fixed
-order, mtime 0), so a resumed build's output equals an uninterrupted one byte for byte. A config that
-changes anything affecting the output is refused on resume (its fingerprint differs), and so are inputs
-that changed (the scan's fingerprint: keys, file size and mtime, labels). Every build ends by comparing
-the shards with the catalog (tar headers only). The build holds a lock on `out_dir` throughout and
-writes into a non-empty one only to resume or with `overwrite=true` (`tolclip.curate.progress`).
+    scan sources → resolve taxonomy (drop excluded species) → image stage (decode, resize, encode,
+    hash, tar members: in parallel, on a local process pool or Ray) → drop eval leakage and duplicates
+    → split by key hash → append to the split's open shard → catalog row
+
+The image stage runs ahead of the rest (a bounded window of chunks in flight), so decoding overlaps
+the driver's serial work. Results come back in input order, so every decision (which duplicate is
+kept, which shard a sample lands in) is the same whatever the executor and worker count.
+
+Every scanned input ends in exactly one of `catalog.csv`, `skipped.csv` (could not be used: scan
+problem, no taxon, bad image) or `excluded.csv` (usable but kept out on purpose: excluded species,
+eval leakage, duplicate).
+
+Resume (`resume=true`): the journal (`tolclip.curate.journal`) has a line for every image processed,
+written after its tar members reached the open shard. A resumed build checks the new scan against the
+old one, replays the journal through the same decisions without decoding, cuts the open shards back to
+what the journal accounts for and continues: the output equals an uninterrupted build's byte for byte.
+A changed config (its fingerprint) or changed inputs are refused. Every build ends by comparing the
+shards with the catalog (tar headers only). The build holds a lock on `out_dir` throughout and writes
+into a non-empty one only to resume or with `overwrite=true` (`tolclip.curate.progress`).
 
 `train_small` (the ablation subset of train) is both a catalog flag and its own shard set under
 `out_dir/train_small/`, a copy of the flagged train samples, so it can be trained on directly.
@@ -24,31 +30,42 @@ writes into a non-empty one only to resume or with `overwrite=true` (`tolclip.cu
 from __future__ import annotations
 
 import shutil
-from collections import Counter
+from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from glob import glob
+from itertools import chain, islice
 from pathlib import Path
 from typing import Any
 
+from tolclip.core.hashing import sha256_hex
 from tolclip.core.taxonomy import RANKS, Taxon, clean_name
 from tolclip.curate.check import check_catalog
 from tolclip.curate.config import BuildConfig, BuildError
 from tolclip.curate.dedup import Deduplicator, EvalExclusion
-from tolclip.curate.entries import Entry, Outcome
-from tolclip.curate.image_worker import process_images, worker_pool
-from tolclip.curate.progress import Progress, out_dir_lock, prepare_out_dir, scan_signature
+from tolclip.curate.entries import Entry
+from tolclip.curate.executor import open_executor, ordered_map
+from tolclip.curate.image_worker import image_settings, init_worker, process_chunk
+from tolclip.curate.journal import (
+    CACHE_DIR,
+    Journal,
+    ScanLog,
+    SourceChanged,
+    describe_change,
+    input_signature,
+    journal_mismatch,
+)
+from tolclip.curate.progress import Progress, out_dir_lock, prepare_out_dir
 from tolclip.curate.resolve import Resolver, TableBackend, TaxoniqBackend
-from tolclip.curate.shard_writer import ShardJob, plan_shards, write_shards
+from tolclip.curate.shard_writer import ShardSets
 from tolclip.curate.sources import IMAGE_EXTENSIONS, NOT_SELECTED, SourceScan, open_source, read_table
-from tolclip.curate.splits import TRAIN_SMALL, SplitPlan, make_key, split_entries
-from tolclip.curate.spool import CACHE_DIR, Spool
-from tolclip.curate.stats import catalog_rows, statistics, write_reports
+from tolclip.curate.splits import TRAIN_SMALL, in_train_small, make_key, split_of
+from tolclip.curate.stats import Reports, catalog_row
 
 
 def build(config: dict[str, Any] | BuildConfig) -> dict[str, Any]:
     """Run the whole pipeline; returns the statistics (also written to `stats.json`)."""
     cfg = config if isinstance(config, BuildConfig) else BuildConfig.from_dict(config)
-    # Two builds into one out_dir would delete each other's spool and shards: the second fails at once.
+    # Two builds into one out_dir would delete each other's journal and shards: the second fails at once.
     with out_dir_lock(cfg.out_dir):
         return _build_locked(cfg)
 
@@ -56,18 +73,25 @@ def build(config: dict[str, Any] | BuildConfig) -> dict[str, Any]:
 def _build_locked(cfg: BuildConfig) -> dict[str, Any]:
     prepare_out_dir(cfg)
     progress = Progress(cfg)
-    skipped, excluded = Outcome(), Outcome()
-    entries = scan_sources(cfg, skipped)
-    progress.record_scan(scan_signature(entries))  # a resume refuses inputs that changed meanwhile
     resolver = Resolver(_taxonomy_backend(cfg.taxonomy))
-    candidates = resolve_taxonomy(cfg, entries, resolver, skipped, excluded)
     exclusion = _eval_exclusion(cfg)
-    with Spool(cfg.out_dir / CACHE_DIR) as spool, worker_pool(cfg, exclusion) as pool:
-        process_all_images(cfg, candidates, spool, exclusion, pool)
-        kept = drop_leaks_and_duplicates(cfg, candidates, spool, skipped, excluded)
-        plan = split_entries(kept, cfg.splits, cfg.train_small_fraction, holdout_keys(cfg, kept))
-        shard_of = write_all_shards(cfg, plan.shard_sets, spool, pool, progress)
-    stats = write_catalog_and_reports(cfg, plan, shard_of, entries, skipped, excluded, resolver)
+    run = BuildRun(cfg, progress, resolver)
+    executor = open_executor(
+        cfg.executor,
+        cfg.workers,
+        init_worker,
+        image_settings(cfg, exclusion),
+        cfg.ray_address,
+        cfg.task_timeout,
+    )
+    try:
+        with executor:
+            set_sizes = run.execute(executor)
+    except BaseException:
+        run.abandon()
+        raise
+    resolver.write_report(cfg.out_dir / "resolution_report.csv")
+    stats = run.reports.finish(resolver.summary(), set_sizes)
     verify_shards(cfg.out_dir)
     progress.complete()
     if not cfg.keep_cache:
@@ -90,130 +114,219 @@ def verify_shards(out: Path) -> None:
         )
 
 
-# ------------------------------------------------------------------------------------------------ stages
+class BuildRun:
+    """One build's streaming state: the logs, the reports, the open shards and the duplicate index."""
 
+    def __init__(self, cfg: BuildConfig, progress: Progress, resolver: Resolver) -> None:
+        cache = cfg.out_dir / CACHE_DIR
+        self.cfg, self.resolver = cfg, resolver
+        self.scan_log = ScanLog(cache, cfg.resume)
+        self.journal = Journal(cache, cfg.resume)
+        self.reports = Reports(cfg.out_dir, cache, [*cfg.splits, cfg.holdout_split])
+        self.shards = ShardSets(cfg, progress)
+        self.dedup = Deduplicator(cfg.max_distance)
+        self.excluded_species = load_excluded_species(cfg.exclude_species)
+        self.holdout = load_excluded_species(cfg.holdout_species, key="holdout_species")
+        self.held_found: set[str] = set()
+        self._key_hashes: set[int] = set()
 
-def scan_sources(cfg: BuildConfig, skipped: Outcome) -> list[Entry]:
-    """Every input of every source, in config order; the inputs a scan could not use go to `skipped`."""
-    entries: list[Entry] = []
-    for spec in cfg.sources:
-        scan = _open_scan(spec)
-        for n, record in enumerate(scan):
-            if cfg.limit_per_source is not None and n >= cfg.limit_per_source:
+    def execute(self, executor: Any) -> dict[str, int]:
+        """Stream every input through the stages; returns the samples per shard set."""
+        entries = self.resolve_taxonomy(self.scan_sources())
+        for entry, result, replayed in self.process_images(entries, executor):
+            self.decide(entry, result)
+            if result is not None and not replayed and self.journal.append(_journal_row(result)):
+                self.flush()
+        self.flush()
+        self.journal.close()
+        self._check_holdout()
+        sizes = self.shards.finish()
+        expected = [*self.cfg.splits, *([self.cfg.holdout_split] if self.holdout else [])]
+        if self.cfg.train_small_fraction > 0 and "train" in self.cfg.splits:
+            expected.append(TRAIN_SMALL)
+        return {name: sizes.get(name, 0) for name in dict.fromkeys([*expected, *sizes])}
+
+    def flush(self) -> None:
+        """Scan log and shards before the journal: a journal line never names bytes not yet on disk."""
+        self.scan_log.flush()
+        self.shards.flush()
+        self.journal.flush()
+
+    def abandon(self) -> None:
+        """After an error or interrupt: keep what is consistent on disk for a resume."""
+        self.shards.abandon()
+        self.scan_log.close()
+        self.journal.close()
+        self.reports.close()
+
+    # ---------------------------------------------------------------------------------------- stages
+
+    def scan_sources(self) -> Iterator[Entry]:
+        """Every input of every source, in config order, checked against the interrupted build's scan
+        on resume; the inputs a scan could not use go to skipped.csv."""
+        raw = _raw_entries(self.cfg)
+        for entry, problem in raw:
+            self._check_unique(entry.key)
+            try:
+                self.scan_log.check(entry)
+            except SourceChanged as change:
+                rest = [[e.key, e.source_id, input_signature(e)] for e, _ in chain([(entry, problem)], raw)]
+                raise self._changed(describe_change(change.old, rest)) from None
+            self.reports.inputs += 1
+            if problem is not None:
+                stage = "not_selected" if problem.startswith(NOT_SELECTED) else "scan"
+                entry.fate = ("skip", stage, problem)
+            yield entry
+        try:
+            self.scan_log.finish()
+        except SourceChanged as change:
+            raise self._changed(describe_change(change.old, [])) from None
+
+    def _changed(self, what: str) -> BuildError:
+        return BuildError(
+            f"source changed since the interrupted build in {self.cfg.out_dir}: {what}; "
+            "rebuild without resume (build.overwrite=true) or restore the source"
+        )
+
+    def _check_unique(self, key: str) -> None:
+        # 64 bits of the key's hash, not the key: the set stays small per input.
+        h = int(sha256_hex(key)[:16], 16)
+        if h in self._key_hashes:
+            raise BuildError(f"duplicate sample key {key!r}: a source yields the same source_id twice")
+        self._key_hashes.add(h)
+
+    def resolve_taxonomy(self, entries: Iterable[Entry]) -> Iterator[Entry]:
+        """Give each entry its taxon; those without one, of an excluded species or short of min_rank get
+        their fate (they pass on, so every report row comes out in scan order)."""
+        min_rank = self.cfg.min_rank
+        for e in entries:
+            r = e.record
+            if e.fate is None and r is not None:
+                res = self.resolver.resolve(r.ranks, r.scientific_name, r.common_name)
+                e.taxon, e.status = res.taxon, res.status
+                if not any(res.taxon.ranks):
+                    e.fate = (
+                        "skip",
+                        "resolve",
+                        f"no taxon: {r.label or '(empty label)'} ({res.status}; {res.note})",
+                    )
+                elif _binomial(res.taxon) in self.excluded_species:
+                    e.fate = ("exclude", "species", f"excluded species {res.taxon.scientific_name}")
+                elif missing := _missing_ranks(res.taxon, min_rank):
+                    e.fate = ("exclude", "rank", f"lineage lacks {', '.join(missing)} (min_rank {min_rank})")
+            yield e
+
+    def process_images(
+        self, entries: Iterator[Entry], executor: Any
+    ) -> Iterator[tuple[Entry, dict[str, Any] | None, bool]]:
+        """(entry, image result or None for an entry with a fate, replayed) in scan order: first from the
+        journal of an interrupted build (no decoding), then from the executor."""
+        replay = self.journal.replay()
+        for entry in entries:
+            if entry.fate is not None:
+                yield entry, None, True
+                continue
+            row = next(replay, None)
+            if row is None:
+                entries = chain([entry], entries)
                 break
-            entries.append(
-                Entry(make_key(record.source, record.source_id), record.source, record.source_id, record)
+            if row["key"] != entry.key:
+                raise journal_mismatch(self.cfg.out_dir, row["key"], entry.key)
+            yield entry, row, True
+        if (row := next(replay, None)) is not None:
+            raise journal_mismatch(self.cfg.out_dir, row["key"], "no more images")
+        self.journal.open()
+        yield from self._executed(entries, executor)
+
+    def _executed(
+        self, entries: Iterator[Entry], executor: Any
+    ) -> Iterator[tuple[Entry, dict[str, Any] | None, bool]]:
+        chunks: deque[list[Entry]] = deque()
+
+        def tasks() -> Iterator[list[tuple]]:
+            while chunk := list(islice(entries, self.cfg.chunk_size)):
+                chunks.append(chunk)
+                yield [
+                    (e.key, str(e.record.path), e.taxon, e.source, e.source_id) for e in chunk if not e.fate
+                ]
+
+        window = max(2, 2 * executor.workers)
+        for results in _track(
+            ordered_map(executor, process_chunk, tasks(), window), "images", self.cfg.progress
+        ):
+            done = iter(results)
+            for e in chunks.popleft():
+                yield e, None if e.fate else next(done), False
+
+    def decide(self, e: Entry, result: dict[str, Any] | None) -> None:
+        """Report an entry's fate, skip a bad image, exclude a leak or duplicate, else place the sample."""
+        if result is None:
+            assert e.fate is not None
+            kind, stage, reason = e.fate
+            (self.reports.skip if kind == "skip" else self.reports.exclude)(e, stage, reason)
+        elif not result["ok"]:
+            self.reports.skip(e, "image", result["reason"])
+        elif result.get("leak"):
+            self.reports.exclude(e, "eval", result["leak"])
+        elif (original := self.dedup.add_hashes(e.key, result["sha256"], result["phash"])) is not None:
+            self.reports.exclude(e, "duplicate", f"duplicate of {original}")
+        else:
+            self.place(e, result["length"], result.get("blob"))
+
+    def place(self, e: Entry, length: int, blob: bytes | None) -> None:
+        binomial = _binomial(e.taxon)
+        held = binomial in self.holdout
+        if held:
+            self.held_found.add(binomial)
+        split = split_of(e.key, self.cfg.splits, self.cfg.holdout_split if held else None)
+        shard = self.shards.add(split, length, blob)
+        small = split == "train" and in_train_small(e.key, self.cfg.train_small_fraction)
+        if small:
+            self.shards.add(TRAIN_SMALL, length, blob)
+        self.reports.catalog(catalog_row(e, shard, split, small))
+
+    def _check_holdout(self) -> None:
+        # A name with no kept image is an error: a typo would silently shrink the unseen-species evaluation.
+        if missing := sorted(self.holdout - self.held_found):
+            raise BuildError(
+                f"holdout_species: no kept image of {', '.join(missing)} (check the spelling, "
+                "exclude_species and limit_per_source)"
             )
-        for problem in scan.problems:
-            e = Entry(make_key(scan.source, f"problem:{problem.item}"), scan.source, problem.item)
-            entries.append(e)
-            stage = "not_selected" if problem.reason.startswith(NOT_SELECTED) else "scan"
-            skipped.add(e, stage, problem.reason)
-    keys = [e.key for e in entries]
-    if len(set(keys)) != len(keys):
-        dup = [k for k, c in Counter(keys).items() if c > 1][:3]
-        raise BuildError(f"duplicate sample keys {dup}: a source yields the same source_id twice")
-    return entries
 
 
-def resolve_taxonomy(
-    cfg: BuildConfig, entries: list[Entry], resolver: Resolver, skipped: Outcome, excluded: Outcome
-) -> list[Entry]:
-    """Give each entry its taxon; those without one, of an excluded species or short of min_rank leave."""
-    excluded_species = load_excluded_species(cfg.exclude_species)
-    candidates: list[Entry] = []
-    for e in entries:
-        if e.record is None:
-            continue
-        r = e.record
-        res = resolver.resolve(r.ranks, r.scientific_name, r.common_name)
-        e.taxon, e.status = res.taxon, res.status
-        if not any(res.taxon.ranks):
-            skipped.add(e, "resolve", f"no taxon: {r.label or '(empty label)'} ({res.status}; {res.note})")
-        elif _binomial(res.taxon) in excluded_species:
-            excluded.add(e, "species", f"excluded species {res.taxon.scientific_name}")
-        elif missing := _missing_ranks(res.taxon, cfg.min_rank):
-            excluded.add(e, "rank", f"lineage lacks {', '.join(missing)} (min_rank {cfg.min_rank})")
-        else:
-            candidates.append(e)
-    resolver.write_report(cfg.out_dir / "resolution_report.csv")
-    return candidates
-
-
-def process_all_images(
-    cfg: BuildConfig, candidates: list[Entry], spool: Spool, exclusion: EvalExclusion | None, pool: Any
-) -> None:
-    """Decode, resize, encode and hash every candidate the spool does not hold yet, into the spool."""
-    todo = [
-        (e.key, str(e.record.path), e.taxon, e.source, e.source_id)
-        for e in candidates
-        if e.key not in spool.done
-    ]
-    results = process_images(todo, cfg, exclusion, pool)
-    for result in _track(results, len(todo), "images", cfg.progress):
-        spool.add(result)
-
-
-def drop_leaks_and_duplicates(
-    cfg: BuildConfig, candidates: list[Entry], spool: Spool, skipped: Outcome, excluded: Outcome
-) -> list[Entry]:
-    """The candidates that decoded, leak no eval image and duplicate no earlier one, in scan order."""
-    dedup = Deduplicator(cfg.max_distance)
-    kept: list[Entry] = []
-    for e in candidates:
-        row = spool.done[e.key]
-        if not row["ok"]:
-            skipped.add(e, "image", row["reason"])
-        elif row.get("leak"):
-            excluded.add(e, "eval", row["leak"])
-        else:
-            original = dedup.add_hashes(e.key, row["sha256"], row["phash"])
-            if original is None:
-                kept.append(e)
-            else:
-                excluded.add(e, "duplicate", f"duplicate of {original}")
-    return kept
-
-
-def write_all_shards(
-    cfg: BuildConfig, sets: dict[str, list[Entry]], spool: Spool, pool: Any, progress: Progress
-) -> dict[str, str]:
-    """Write every shard not finished yet (each recorded in progress.json); returns key -> shard path."""
-    out = cfg.out_dir
-    plans, shard_of = _plan_all_shards(cfg, sets, spool)
-    for split_dir in sets:
-        # Leftovers of a shard write that was interrupted.
-        for stale in (out / split_dir).glob(".tmp-*"):
-            shutil.rmtree(stale, ignore_errors=True)
-    spool.flush()
-    jobs: list[ShardJob] = [
-        (str(out / rel), str(spool.blobs), [spool.span(e.key) for e in members])
-        for rel, members in plans
-        if not progress.is_finished(rel, len(members))
-    ]
-    for path, count in _track(write_shards(jobs, pool), len(jobs), "shards", cfg.progress):
-        progress.shard_written(path, count)
-    return shard_of
-
-
-def write_catalog_and_reports(
-    cfg: BuildConfig,
-    plan: SplitPlan,
-    shard_of: dict[str, str],
-    entries: list[Entry],
-    skipped: Outcome,
-    excluded: Outcome,
-    resolver: Resolver,
-) -> dict[str, Any]:
-    """Write the catalog, skipped/excluded reports and stats.json; returns the statistics."""
-    catalog = catalog_rows(plan, shard_of)
-    set_sizes = {name: len(members) for name, members in plan.shard_sets.items()}
-    stats = statistics(catalog, entries, skipped, excluded, resolver.summary(), set_sizes)
-    write_reports(cfg.out_dir, catalog, skipped, excluded, stats)
-    return stats
+def _journal_row(result: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in result.items() if k != "blob"}
 
 
 # ----------------------------------------------------------------------------------------------- helpers
+
+
+def _raw_entries(cfg: BuildConfig) -> Iterator[tuple[Entry, str | None]]:
+    """(entry, None) for each record, (entry, reason) for each input a scan could not use, in scan order."""
+    for spec in cfg.sources:
+        scan = _open_scan(spec)
+        n = 0
+        for record in scan:
+            yield from _problems(scan)
+            if cfg.limit_per_source is not None and n >= cfg.limit_per_source:
+                break
+            n += 1
+            yield (
+                Entry(make_key(record.source, record.source_id), record.source, record.source_id, record),
+                None,
+            )
+        yield from _problems(scan)
+
+
+def _problems(scan: SourceScan) -> Iterator[tuple[Entry, str]]:
+    # Emptied as they are reported, so a source with millions of bad rows does not pile them up.
+    problems = list(scan.problems)
+    del scan.problems[:]
+    for problem in problems:
+        yield (
+            Entry(make_key(scan.source, f"problem:{problem.item}"), scan.source, problem.item),
+            problem.reason,
+        )
 
 
 def _open_scan(spec: dict[str, Any]) -> SourceScan:
@@ -225,39 +338,6 @@ def _open_scan(spec: dict[str, Any]) -> SourceScan:
         return open_source(kind, **kwargs)
     except (FileNotFoundError, ValueError) as err:
         raise BuildError(f"source {kwargs.get('source', kind)!r}: {err}") from err
-
-
-def _plan_all_shards(
-    cfg: BuildConfig, sets: dict[str, list[Entry]], spool: Spool
-) -> tuple[list[tuple[str, list[Entry]]], dict[str, str]]:
-    """(shard path relative to out_dir, its entries) for every shard, and each catalogued key's shard."""
-    shard_of: dict[str, str] = {}
-    plans: list[tuple[str, list[Entry]]] = []
-    for name, members in sets.items():
-        lookup = {e.key: e for e in members}
-        sizes = {e.key: spool.span(e.key)[1] for e in members}
-        for i, keys in enumerate(plan_shards([e.key for e in members], sizes, cfg.max_count, cfg.max_bytes)):
-            rel = f"{name}/shard-{i:06d}.tar"
-            plans.append((rel, [lookup[k] for k in keys]))
-            if name != TRAIN_SMALL:  # train_small copies train samples; the catalog names their train shard
-                shard_of.update(dict.fromkeys(keys, rel))
-    return plans, shard_of
-
-
-def holdout_keys(cfg: BuildConfig, kept: list[Entry]) -> tuple[str, set[str]] | None:
-    """(holdout split, keys of the held-out species' images); a named species with no kept image is an
-    error, since a typo would silently shrink the unseen-species evaluation."""
-    names = load_excluded_species(cfg.holdout_species, key="holdout_species")
-    if not names:
-        return None
-    keys = {e.key for e in kept if _binomial(e.taxon) in names}
-    found = {_binomial(e.taxon) for e in kept if e.key in keys}
-    if missing := sorted(names - found):
-        raise BuildError(
-            f"holdout_species: no kept image of {', '.join(missing)} (check the spelling, "
-            "exclude_species and limit_per_source)"
-        )
-    return cfg.holdout_split, keys
 
 
 def _binomial(taxon: Taxon) -> str:
@@ -332,10 +412,10 @@ def _eval_paths(patterns: Sequence[str]) -> list[str]:
     return paths
 
 
-def _track(items: Iterable[Any], total: int, description: str, enabled: bool) -> Iterator[Any]:
+def _track(items: Iterable[Any], description: str, enabled: bool) -> Iterator[Any]:
     if not enabled:
         yield from items
         return
     from rich.progress import track
 
-    yield from track(items, total=total, description=description, transient=False)
+    yield from track(items, description=f"{description} (chunks)", transient=False)

@@ -10,11 +10,25 @@ from typing import Any
 from tolclip.core.hashing import sha256_hex
 from tolclip.core.taxonomy import RANKS
 from tolclip.curate.dedup import DEFAULT_MAX_DISTANCE
-from tolclip.curate.spool import SPOOL_FORMAT
 from tolclip.data.images import DEFAULT_MAX_PIXELS
 
 # Settings that change how a build runs, not what it writes: a resume may change them.
-_RUN_ONLY = ("out_dir", "workers", "chunk_size", "resume", "overwrite", "keep_cache", "progress")
+_RUN_ONLY = (
+    "out_dir",
+    "workers",
+    "chunk_size",
+    "resume",
+    "overwrite",
+    "keep_cache",
+    "progress",
+    "executor",
+    "ray_address",
+    "task_timeout",
+)
+# What `out_dir/cache` holds; part of the resume fingerprint, so a cache written in another layout is never
+# mixed into a new build (2: the spool of encoded samples; 3: the streaming builder's journal).
+CACHE_FORMAT = 3
+EXECUTORS = ("local", "ray")
 
 
 class BuildError(Exception):
@@ -34,14 +48,23 @@ class BuildConfig:
     eval_images: list[str] = field(default_factory=list)
     resize: dict[str, Any] = field(default_factory=lambda: {"mode": "squash", "size": 224})
     quality: int = 95
+    # Decode a JPEG much larger than the target at 1/2, 1/4 or 1/8 scale in the DCT domain (libjpeg),
+    # then resize: several times faster on camera photos (docs/curation-at-scale.md has the PSNR).
+    reduced_decode: bool = True
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_distance: int = DEFAULT_MAX_DISTANCE
     splits: dict[str, float] = field(default_factory=lambda: {"train": 95, "val": 5})
     train_small_fraction: float = 0.0
     max_count: int = 10_000
     max_bytes: int = 1 << 30
+    # Image worker processes (0: in this process); with executor=ray, the CPUs asked of a local Ray.
     workers: int = 1
-    chunk_size: int = 16
+    chunk_size: int = 16  # images per task
+    executor: str = "local"
+    ray_address: str | None = (
+        None  # executor=ray: an existing cluster ("auto", "ray://host:10001"), or a local one
+    )
+    task_timeout: float = 600.0  # seconds one task may take before the build stops with an error
     limit_per_source: int | None = None
     resume: bool = False
     # A fresh build into a non-empty out_dir refuses without it; with it, only a build's own files go.
@@ -83,12 +106,17 @@ class BuildConfig:
             raise BuildError("'train_small' is derived from train (train_small_fraction); not a split name")
         if self.min_rank is not None and self.min_rank not in RANKS:
             raise BuildError(f"min_rank must be one of {list(RANKS)} or null, not {self.min_rank!r}")
+        if self.executor not in EXECUTORS:
+            raise BuildError(f"executor must be one of {list(EXECUTORS)}, not {self.executor!r}")
+        if self.workers < 0 or self.chunk_size < 1:
+            raise BuildError(
+                f"workers must be >= 0 and chunk_size >= 1, not {self.workers}, {self.chunk_size}"
+            )
         if not 0 <= self.train_small_fraction <= 1:
             raise BuildError(f"train_small_fraction must be in [0, 1], not {self.train_small_fraction}")
 
     def fingerprint(self) -> str:
         """Hash of every setting that changes the output (resume refuses a changed config)."""
         keep = {k: v for k, v in self.__dict__.items() if k not in _RUN_ONLY}
-        # The key predates the word "spool"; renaming it would change every earlier build's fingerprint.
-        keep["cache_format"] = SPOOL_FORMAT
+        keep["cache_format"] = CACHE_FORMAT
         return sha256_hex(json.dumps(keep, sort_keys=True, default=str))

@@ -1,12 +1,9 @@
-"""The image stage's work, in a process pool: decode, resize, encode and hash each file, build its tar members."""
+"""The image stage's work, in worker processes (a local pool or Ray): decode, resize, encode and hash each
+file, build its tar members. Everything here is a pure function of the file and the settings, so any
+executor and any number of workers give the same results."""
 
 from __future__ import annotations
 
-import contextlib
-import multiprocessing
-import signal
-import sys
-from collections.abc import Iterator
 from typing import Any
 
 from tolclip.core.taxonomy import Taxon
@@ -20,33 +17,34 @@ _WORKER: dict[str, Any] = {}
 ImageTask = tuple[str, str, Taxon, str, str]  # key, path, taxon, source, source_id
 
 
-def image_settings(cfg: BuildConfig) -> dict[str, Any]:
-    """What a worker needs from the config to process an image."""
+def image_settings(cfg: BuildConfig, exclusion: EvalExclusion | None) -> dict[str, Any]:
+    """What a worker needs to process an image: the config's image settings and the eval hashes."""
     return {
         "mode": cfg.resize.get("mode", "squash"),
         "size": int(cfg.resize.get("size", 224)),
         "quality": cfg.quality,
         "max_pixels": cfg.max_pixels,
+        "reduced_decode": cfg.reduced_decode,
+        "exclusion": exclusion,
     }
 
 
-def _init_worker(settings: dict[str, Any], exclusion: EvalExclusion | None) -> None:
-    _WORKER.update(settings, exclusion=exclusion)
+def init_worker(settings: dict[str, Any]) -> None:
+    """Run once in each worker process (and in the driver when it works alone) before any task."""
+    _WORKER.clear()
+    _WORKER.update(settings)
 
 
-def _init_pool_worker(settings: dict[str, Any], exclusion: EvalExclusion | None) -> None:
-    # A forked worker inherits the CLI's SIGTERM handler, which raises: Pool.terminate() (leaving the
-    # pool's `with`) then interrupted workers inside the result queue's lock, and the build could hang
-    # at its end. A worker must just die on SIGTERM, as multiprocessing expects.
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    _init_worker(settings, exclusion)
+def process_chunk(tasks: list[ImageTask]) -> list[dict[str, Any]]:
+    """`process_one` over a chunk of tasks (one executor task): results in task order."""
+    return [process_one(task) for task in tasks]
 
 
 def process_one(task: ImageTask) -> dict[str, Any]:
     """Read, decode, resize, encode and hash one file, and build its tar members (runs in a worker).
 
     Never raises for bad input. The sample's tar members are built here, where the work is parallel:
-    writing a shard is then only a concatenation.
+    writing a shard is then only an append.
     """
     key, path, taxon, source, source_id = task
     try:
@@ -55,14 +53,17 @@ def process_one(task: ImageTask) -> dict[str, Any]:
     except OSError as err:
         return {"key": key, "ok": False, "reason": f"unreadable: {err.strerror or err}"}
     try:
-        image = load_image(data, max_pixels=_WORKER["max_pixels"])
-        jpeg = encode(resize(image, _WORKER["mode"], _WORKER["size"]), quality=_WORKER["quality"])
+        mode, size = _WORKER["mode"], _WORKER["size"]
+        reduce_for = (mode, size) if _WORKER["reduced_decode"] else None
+        image = load_image(data, max_pixels=_WORKER["max_pixels"], reduce_for=reduce_for)
+        jpeg = encode(resize(image, mode, size), quality=_WORKER["quality"])
     except ImageError as err:
         return {"key": key, "ok": False, "reason": err.reason, "sha256": content_hash(data)}
     digest, phash = content_hash(data), perceptual_hash(image)
     exclusion: EvalExclusion | None = _WORKER.get("exclusion")
     leak = exclusion.check_hashes(digest, phash) if exclusion is not None else None
-    # Raw bytes: the pool pickles them as they are; the spool's result line never carries them.
+    # Raw bytes: they travel to the driver as they are, which appends them to a shard; the journal
+    # line never carries them.
     blob = record_blob(to_record(Sample(key, jpeg, taxon, source, source_id)))
     return {
         "key": key,
@@ -72,25 +73,6 @@ def process_one(task: ImageTask) -> dict[str, Any]:
         "width": image.width,
         "height": image.height,
         "leak": leak,
+        "length": len(blob),
         "blob": blob,
     }
-
-
-def worker_pool(cfg: BuildConfig, exclusion: EvalExclusion | None) -> Any:
-    """One pool for the whole build (images, then shards), or None to work in this process."""
-    if cfg.workers <= 1:
-        return contextlib.nullcontext(None)
-    ctx = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
-    return ctx.Pool(cfg.workers, initializer=_init_pool_worker, initargs=(image_settings(cfg), exclusion))
-
-
-def process_images(
-    tasks: list[ImageTask], cfg: BuildConfig, exclusion: EvalExclusion | None, pool: Any
-) -> Iterator[dict[str, Any]]:
-    """`process_one` over the tasks, in the pool from `worker_pool` (None: in this process)."""
-    if pool is None:
-        _init_worker(image_settings(cfg), exclusion)
-        yield from map(process_one, tasks)
-        return
-    # imap keeps input order, so results (and the spool) come back deterministically.
-    yield from pool.imap(process_one, tasks, chunksize=max(1, cfg.chunk_size))

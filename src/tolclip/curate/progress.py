@@ -16,16 +16,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from tolclip.core.hashing import sha256_hex
 from tolclip.curate.config import BuildConfig, BuildError
-from tolclip.curate.entries import Entry
+from tolclip.curate.journal import CACHE_DIR, RESULTS_FILE, SCAN_FILE
 from tolclip.curate.splits import TRAIN_SMALL
-from tolclip.curate.spool import BLOBS_FILE, CACHE_DIR, RESULTS_FILE
 
 PROGRESS_FILE = "progress.json"
+# What the cache held before the streaming builder (spool format 2); an overwrite still removes them.
+LEGACY_CACHE_FILES = ("encoded.bin", "scan.json")
 LOCK_FILE = ".lock"
-# The scan each input's signature came from, kept beside the spool to name what changed on resume.
-SCAN_FILE = "scan.json"
 # Top-level files a build writes (stats.write_reports, the resolver's report, progress.json).
 BUILD_FILES = (
     "catalog.csv",
@@ -119,7 +117,7 @@ def remove_build_files(out: Path, split_dirs: Sequence[str]) -> None:
             _remove_if_empty(folder)
     cache = out / CACHE_DIR
     if cache.is_dir():
-        for name in (RESULTS_FILE, BLOBS_FILE, SCAN_FILE):
+        for name in (RESULTS_FILE, SCAN_FILE, *LEGACY_CACHE_FILES):
             (cache / name).unlink(missing_ok=True)
         _remove_if_empty(cache)
 
@@ -129,98 +127,27 @@ def _remove_if_empty(folder: Path) -> None:
         folder.rmdir()
 
 
-# ----------------------------------------------------------------------------------- input fingerprint
-
-
-def scan_signature(entries: list[Entry]) -> dict[str, list[str]]:
-    """key -> [source_id, signature]: file size and mtime plus the labels a source gave (cheap: one stat).
-
-    A resumed build must see the inputs the interrupted one saw: the spool and finished shards hold
-    their results, and a removed, added or edited input would leave the catalog and shards disagreeing.
-    """
-    out: dict[str, list[str]] = {}
-    for e in entries:
-        r = e.record
-        if r is None:
-            out[e.key] = [e.source_id, "problem"]
-            continue
-        try:
-            st = os.stat(r.path)
-            file_sig = f"{st.st_size}:{st.st_mtime_ns}"
-        except OSError:
-            file_sig = "unreadable"
-        labels = [r.label, r.scientific_name, r.common_name, sorted(r.ranks.items()), r.split]
-        out[e.key] = [e.source_id, f"{file_sig}:{sha256_hex(json.dumps(labels))[:12]}"]
-    return out
-
-
-def describe_change(old: dict[str, list[str]], new: dict[str, list[str]]) -> str:
-    """'1 input missing (a.jpg), 1 new (b.jpg), 2 changed (...)': what differs between two scans."""
-    missing = sorted(old.keys() - new.keys())
-    added = sorted(new.keys() - old.keys())
-    changed = sorted(k for k in old.keys() & new.keys() if old[k][1] != new[k][1])
-    parts = []
-    for label, keys, table in (
-        ("input(s) missing", missing, old),
-        ("new", added, new),
-        ("changed", changed, new),
-    ):
-        if keys:
-            names = ", ".join(table[k][0] for k in keys[:3]) + (", ..." if len(keys) > 3 else "")
-            parts.append(f"{len(keys)} {label} ({names})")
-    return ", ".join(parts) or "the inputs differ"
-
-
-def _digest(scan: dict[str, list[str]]) -> str:
-    return sha256_hex(json.dumps(scan, sort_keys=True))
-
-
 class Progress:
     """The build's progress.json, rewritten whenever it changes; a resume keeps the finished shards."""
 
     def __init__(self, cfg: BuildConfig) -> None:
         self.out = cfg.out_dir
         self.path = self.out / PROGRESS_FILE
-        self.resume = cfg.resume
         old = _read(self.path) if cfg.resume and self.path.exists() else {}
         self.state = {"fingerprint": cfg.fingerprint(), "shards": old.get("shards", {}), "complete": False}
-        if "scan" in old:
-            self.state["scan"] = old["scan"]
         self._save()
 
     def _save(self) -> None:
         self.path.write_text(json.dumps(self.state, indent=1))
 
-    def record_scan(self, scan: dict[str, list[str]]) -> None:
-        """Remember the scan; on resume, refuse one that differs from the interrupted build's."""
-        scan_file = self.out / CACHE_DIR / SCAN_FILE
-        previous = self.state.get("scan")
-        if self.resume and previous is not None and previous["digest"] != _digest(scan):
-            old = json.loads(scan_file.read_text()) if scan_file.is_file() else None
-            what = describe_change(old, scan) if old else f"{previous['inputs']} inputs then, {len(scan)} now"
-            raise BuildError(
-                f"source changed since the interrupted build in {self.out}: {what}; "
-                "rebuild without resume (build.overwrite=true) or restore the source"
-            )
-        if self.resume and previous is None and (self.state["shards"] or self._spool_exists()):
-            raise BuildError(
-                f"the interrupted build in {self.out} recorded no input fingerprint (an older tolclip), "
-                "so a resume cannot be verified; rebuild without resume (build.overwrite=true)"
-            )
-        scan_file.parent.mkdir(parents=True, exist_ok=True)
-        scan_file.write_text(json.dumps(scan, sort_keys=True))
-        self.state["scan"] = {"digest": _digest(scan), "inputs": len(scan)}
-        self._save()
+    def is_finished(self, rel: str, count: int | None) -> bool:
+        """Whether the shard `rel` (relative to out_dir) was written whole, with `count` samples (None:
+        with any count)."""
+        recorded = self.state["shards"].get(rel)
+        return recorded is not None and count in (None, recorded) and (self.out / rel).exists()
 
-    def _spool_exists(self) -> bool:
-        return (self.out / CACHE_DIR / RESULTS_FILE).is_file()
-
-    def is_finished(self, rel: str, count: int) -> bool:
-        """Whether the shard `rel` (relative to out_dir) was written whole, with `count` samples."""
-        return self.state["shards"].get(rel) == count and (self.out / rel).exists()
-
-    def shard_written(self, path: str, count: int) -> None:
-        self.state["shards"][Path(path).relative_to(self.out).as_posix()] = count
+    def shard_written(self, rel: str, count: int) -> None:
+        self.state["shards"][rel] = count
         self._save()
 
     def complete(self) -> None:

@@ -1,61 +1,138 @@
-"""Cutting sample lists into shards and writing each shard, whole or not at all, from the spool."""
+"""Shards written as samples arrive: one open shard per shard set, renamed into place when complete.
+
+A set's shards fill in order: a shard is closed before a sample that would take it past `max_count`
+samples or past `max_bytes` (a shard always holds at least one sample), so which shard a sample lands
+in depends only on the sizes of the samples before it: the cut is deterministic.
+
+The open shard is `<set>/.tmp-shard-NNNNNN.tar`, the samples' tar members appended as they come; on
+close the end-of-archive marker is added, the file is renamed to `shard-NNNNNN.tar` and recorded in
+`progress.json`. A resumed build replays the journal through `add(..., blob=None)`: samples of a
+finished shard need nothing, and the open shard's file is cut back to the bytes the journal accounts
+for, then appended to again. The result equals an uninterrupted build's byte for byte.
+"""
 
 from __future__ import annotations
 
 import os
-import tempfile
-from collections.abc import Iterator
+import shutil
 from pathlib import Path
-from typing import Any
+from typing import BinaryIO
 
-from tolclip.data.shards import TarShard
-
-ShardJob = tuple[str, str, list[tuple[int, int]]]  # final path, encoded.bin, (offset, length) per sample
-
-
-def plan_shards(keys: list[str], sizes: dict[str, int], max_count: int, max_bytes: int) -> list[list[str]]:
-    """Cut an ordered key list into shards of <= max_count samples and about <= max_bytes."""
-    shards: list[list[str]] = []
-    current: list[str] = []
-    size = 0
-    for key in keys:
-        if current and (len(current) >= max_count or size + sizes[key] > max_bytes):
-            shards.append(current)
-            current, size = [], 0
-        current.append(key)
-        size += sizes[key]
-    if current:
-        shards.append(current)
-    return shards
+from tolclip.curate.config import BuildConfig, BuildError
+from tolclip.curate.progress import Progress
+from tolclip.data.shards import tar_end
 
 
-def write_one_shard(blobs: list[bytes], final: Path) -> None:
-    """Write one complete shard to a temporary name and rename it (an interrupted write leaves no shard)."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=final.parent, prefix=".tmp-") as tmp:
-        shard = TarShard(Path(tmp) / final.name)
-        for blob in blobs:
-            shard.write_blob(blob)
-        shard.close()
-        os.replace(shard.path, final)
+def shard_name(index: int) -> str:
+    return f"shard-{index:06d}.tar"
 
 
-def _write_shard_job(job: ShardJob) -> tuple[str, int]:
-    """Write one planned shard from the spool (runs in a worker): (path, samples written)."""
-    final, blobs_path, members = job
-    with open(blobs_path, "rb") as fh:
-        blobs = []
-        for offset, length in members:
-            fh.seek(offset)
-            blobs.append(fh.read(length))
-    write_one_shard(blobs, Path(final))
-    return final, len(members)
+class ShardStream:
+    """The shards of one set (`train`, `val`, `train_small`, ...), written in order."""
+
+    def __init__(self, cfg: BuildConfig, name: str, progress: Progress) -> None:
+        self.out, self.name, self.progress = cfg.out_dir, name, progress
+        self.max_count, self.max_bytes = cfg.max_count, cfg.max_bytes
+        self.index, self.count, self.size = 0, 0, 0
+        self.total = 0
+        self._fh: BinaryIO | None = None
+
+    @property
+    def rel(self) -> str:
+        return f"{self.name}/{shard_name(self.index)}"
+
+    def _tmp(self) -> Path:
+        return self.out / self.name / f".tmp-{shard_name(self.index)}"
+
+    def add(self, length: int, blob: bytes | None) -> str:
+        """Place one sample of `length` bytes of tar members; write them unless `blob` is None (a replayed
+        sample, already on disk). Returns the shard it belongs to."""
+        if self.count and (self.count >= self.max_count or self.size + length > self.max_bytes):
+            self._close()
+        if blob is not None and not self.progress.is_finished(self.rel, None):
+            if self._fh is None:
+                self._open()
+            assert self._fh is not None
+            self._fh.write(blob)
+        self.count += 1
+        self.size += length
+        self.total += 1
+        return self.rel
+
+    def _open(self) -> None:
+        """Open the current shard's temp file for appending, cut back to the bytes already placed."""
+        tmp = self._tmp()
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        if self.size:
+            have = tmp.stat().st_size if tmp.exists() else 0
+            if have < self.size:
+                raise BuildError(
+                    f"cannot resume: {tmp} holds {have} bytes but the journal accounts for {self.size}; "
+                    "rebuild without resume (build.overwrite=true)"
+                )
+            with tmp.open("r+b") as fh:
+                fh.truncate(self.size)
+            self._fh = tmp.open("ab")
+        else:
+            self._fh = tmp.open("wb")
+
+    def _close(self) -> None:
+        """Finish the current shard (unless a resumed build finished it before) and start the next."""
+        if not self.progress.is_finished(self.rel, self.count):
+            if self._fh is None:
+                self._open()  # a resumed build whose shard was complete but not yet renamed
+            assert self._fh is not None
+            self._fh.write(tar_end(self.size))
+            self._fh.close()
+            os.replace(self._tmp(), self.out / self.rel)
+            self.progress.shard_written(self.rel, self.count)
+        elif self._fh is not None:
+            self._fh.close()
+        self._fh = None
+        self.index, self.count, self.size = self.index + 1, 0, 0
+
+    def flush(self) -> None:
+        if self._fh is not None:
+            self._fh.flush()
+
+    def finish(self) -> None:
+        """Close the last shard (an empty set writes none)."""
+        if self.count:
+            self._close()
+
+    def abandon(self) -> None:
+        """On an error: close the temp file, keep it (a resume cuts it back and continues)."""
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
 
 
-def write_shards(jobs: list[ShardJob], pool: Any) -> Iterator[tuple[str, int]]:
-    """Write the shards (in the pool, when there is one); yields (path, samples) as each is complete."""
-    if pool is None or len(jobs) < 2:
-        yield from map(_write_shard_job, jobs)
-        return
-    # Shards are independent files; each is recorded in progress.json as soon as it is complete.
-    yield from pool.imap_unordered(_write_shard_job, jobs)
+class ShardSets:
+    """One `ShardStream` per set, created on first use; `flush` before the journal's lines."""
+
+    def __init__(self, cfg: BuildConfig, progress: Progress) -> None:
+        self.cfg, self.progress = cfg, progress
+        self.streams: dict[str, ShardStream] = {}
+
+    def add(self, name: str, length: int, blob: bytes | None) -> str:
+        stream = self.streams.get(name)
+        if stream is None:
+            stream = self.streams[name] = ShardStream(self.cfg, name, self.progress)
+        return stream.add(length, blob)
+
+    def flush(self) -> None:
+        for stream in self.streams.values():
+            stream.flush()
+
+    def finish(self) -> dict[str, int]:
+        """Close every last shard and remove temp files an interrupted build left; returns the samples per set."""
+        for stream in self.streams.values():
+            stream.finish()
+        for name in self.streams:
+            for stale in (self.cfg.out_dir / name).glob(".tmp-*"):
+                shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
+        return {name: s.total for name, s in self.streams.items()}
+
+    def abandon(self) -> None:
+        for stream in self.streams.values():
+            stream.abandon()

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
 from tolclip.core.hashing import sha256_hex
-from tolclip.curate.entries import Entry
 
 TRAIN_SMALL = "train_small"
 
@@ -39,41 +37,6 @@ def in_train_small(key: str, fraction: float) -> bool:
     return _unit_hash(f"small:{key}") < fraction
 
 
-@dataclass
-class SplitPlan:
-    """The kept entries by split, and the train keys also in `train_small`."""
-
-    by_split: dict[str, list[Entry]]
-    small: set[str]
-    train_small: bool  # whether train_small is a shard set of its own
-
-    @property
-    def shard_sets(self) -> dict[str, list[Entry]]:
-        """Every set written as shards: the splits, then `train_small` (a copy of its train samples)."""
-        sets = dict(self.by_split)
-        if self.train_small:
-            sets[TRAIN_SMALL] = [e for e in self.by_split["train"] if e.key in self.small]
-        return sets
-
-
-def split_entries(
-    kept: list[Entry],
-    splits: dict[str, float],
-    train_small_fraction: float,
-    holdout: tuple[str, set[str]] | None = None,
-) -> SplitPlan:
-    """Assign every kept entry to its split, in order, and mark the train_small subset.
-
-    `holdout` is (split name, keys): those entries all go to that split, whatever their hash.
-    """
-    by_split: dict[str, list[Entry]] = {name: [] for name in splits}
-    held_split, held_keys = holdout or ("", set())
-    if held_keys:
-        by_split[held_split] = []
-    small: set[str] = set()
-    for e in kept:
-        split = held_split if e.key in held_keys else assign_split(e.key, splits)
-        by_split[split].append(e)
-        if split == "train" and in_train_small(e.key, train_small_fraction):
-            small.add(e.key)
-    return SplitPlan(by_split, small, train_small_fraction > 0 and "train" in by_split)
+def split_of(key: str, splits: dict[str, float], held_out: str | None) -> str:
+    """The split of one kept sample: `held_out` (the holdout split, for a held-out species) or by hash."""
+    return held_out if held_out else assign_split(key, splits)

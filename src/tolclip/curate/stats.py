@@ -1,17 +1,18 @@
-"""The build's reports: `catalog.csv`/`.parquet`, `skipped.csv`, `excluded.csv` and `stats.json`."""
+"""The build's reports: `catalog.csv`/`.parquet`, `skipped.csv`, `excluded.csv` and `stats.json`, written
+as the build streams (bounded memory: counts are kept per taxon, rows go straight to files)."""
 
 from __future__ import annotations
 
 import csv
 import json
+import shutil
 from collections import Counter, defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from tolclip.core.taxonomy import RANKS
-from tolclip.curate.entries import Entry, Outcome
-from tolclip.curate.splits import SplitPlan
+from tolclip.curate.entries import Entry
 
 CATALOG_COLUMNS = (
     "key",
@@ -28,115 +29,192 @@ CATALOG_COLUMNS = (
 REPORT_COLUMNS = ("key", "source", "source_id", "stage", "reason")
 
 
-def catalog_rows(plan: SplitPlan, shard_of: dict[str, str]) -> list[dict[str, Any]]:
-    """One catalog row per sample written, by split in config order."""
-    return [
-        {
-            "key": e.key,
-            "shard": shard_of[e.key],
-            "split": name,
-            "train_small": e.key in plan.small,
-            "source": e.source,
-            "source_id": e.source_id,
-            "source_split": e.record.split,
-            **{r: e.taxon.rank(r) for r in RANKS},
-            "common_name": e.taxon.common,
-            "resolution_status": e.status,
-        }
-        for name, members in plan.by_split.items()
-        for e in members
-    ]
-
-
-def write_reports(
-    out: Path, catalog: list[dict[str, Any]], skipped: Outcome, excluded: Outcome, stats: dict[str, Any]
-) -> None:
-    """Write the catalog (CSV and parquet), the skipped and excluded inputs and the statistics."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    _write_csv(out / "catalog.csv", catalog, CATALOG_COLUMNS)
-    columns = {c: [r[c] for r in catalog] for c in CATALOG_COLUMNS}
-    schema = pa.schema([(c, pa.bool_() if c == "train_small" else pa.string()) for c in CATALOG_COLUMNS])
-    pq.write_table(pa.table(columns, schema=schema), out / "catalog.parquet")
-    _write_csv(out / "skipped.csv", skipped.rows, REPORT_COLUMNS)
-    _write_csv(out / "excluded.csv", excluded.rows, REPORT_COLUMNS)
-    (out / "stats.json").write_text(json.dumps(stats, indent=1, ensure_ascii=False))
-
-
-def _write_csv(path: Path, rows: list[dict[str, Any]], columns: Sequence[str]) -> None:
-    with path.open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(columns))
-        writer.writeheader()
-        writer.writerows(rows)
-
-
-def _taxa_per_rank(rows: list[dict[str, Any]]) -> dict[str, int]:
-    # A taxon at a rank is its lineage down to that rank (two genera "Morus" in different families differ).
-    lineages = Counter(tuple(r[x] for x in RANKS) for r in rows)
-    return {rank: len({lin[: i + 1] for lin in lineages if lin[i]}) for i, rank in enumerate(RANKS)}
-
-
-def _all_seven_ranks(row: dict[str, Any]) -> bool:
-    return all(row[x] for x in RANKS)
-
-
-def _complete_to_lowest_rank(row: dict[str, Any]) -> bool:
-    """No gap above the lowest rank the label reaches (a label that stops at genus can be complete)."""
-    values = [row[x] for x in RANKS]
-    depth = max((i for i, v in enumerate(values) if v), default=-1)
-    return depth >= 0 and all(values[: depth + 1])
-
-
-def _fraction(rows: list[dict[str, Any]], test: Callable[[dict[str, Any]], bool]) -> float:
-    return sum(map(test, rows)) / len(rows) if rows else 0.0
-
-
-def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+def catalog_row(entry: Entry, shard: str, split: str, small: bool) -> dict[str, Any]:
+    """The catalog row of one sample written."""
     return {
-        "images": len(rows),
-        "taxa": _taxa_per_rank(rows),
-        "all_seven_ranks": sum(map(_all_seven_ranks, rows)),
-        "complete_to_lowest_rank": sum(map(_complete_to_lowest_rank, rows)),
+        "key": entry.key,
+        "shard": shard,
+        "split": split,
+        "train_small": small,
+        "source": entry.source,
+        "source_id": entry.source_id,
+        "source_split": entry.record.split if entry.record else "",
+        **{r: entry.taxon.rank(r) if entry.taxon else "" for r in RANKS},
+        "common_name": entry.taxon.common if entry.taxon else "",
+        "resolution_status": entry.status,
     }
 
 
-def _per_group(catalog: list[dict[str, Any]], column: str) -> dict[str, dict[str, Any]]:
-    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for row in catalog:
-        groups[row[column] or "(none)"].append(row)
-    return {k: _summary(v) for k, v in sorted(groups.items())}
+class Reports:
+    """The catalog, `skipped.csv` and `excluded.csv`, written row by row as the build decides, and the
+    counts `stats.json` needs, gathered on the way (per taxon, never per image).
+
+    The catalog lists samples by split in config order; each split's rows go to a part file in the
+    cache and `finish` joins the parts (and writes the parquet copy in batches).
+    """
+
+    def __init__(self, out: Path, cache: Path, split_order: list[str]) -> None:
+        self.out, self.cache, self.order = out, cache, split_order
+        self.inputs = 0
+        self.stats = CatalogStats()
+        self.skipped_by_stage: Counter[str] = Counter()
+        self.excluded_by_stage: Counter[str] = Counter()
+        self._parts: dict[str, Any] = {}
+        self._skipped = _open_csv(out / "skipped.csv", REPORT_COLUMNS)
+        self._excluded = _open_csv(out / "excluded.csv", REPORT_COLUMNS)
+
+    def skip(self, entry: Entry, stage: str, reason: str) -> None:
+        self.skipped_by_stage[stage] += 1
+        self._skipped[1].writerow(_report_row(entry, stage, reason))
+
+    def exclude(self, entry: Entry, stage: str, reason: str) -> None:
+        self.excluded_by_stage[stage] += 1
+        self._excluded[1].writerow(_report_row(entry, stage, reason))
+
+    def catalog(self, row: dict[str, Any]) -> None:
+        split = row["split"]
+        if split not in self._parts:
+            self._parts[split] = _open_csv(self._part(split), CATALOG_COLUMNS, header=False)
+        self._parts[split][1].writerow(row)
+        self.stats.add(row)
+
+    def _part(self, split: str) -> Path:
+        return self.cache / f"catalog-{split}.csv"
+
+    def close(self) -> None:
+        for fh, _ in [self._skipped, self._excluded, *self._parts.values()]:
+            fh.close()
+
+    def finish(self, resolution: dict[str, Any], set_sizes: dict[str, int]) -> dict[str, Any]:
+        """Join the catalog parts, write the parquet copy and stats.json; returns the statistics."""
+        self.close()
+        with (self.out / "catalog.csv").open("w", newline="", encoding="utf-8") as fh:
+            csv.writer(fh).writerow(CATALOG_COLUMNS)
+            for split in [*self.order, *sorted(set(self._parts) - set(self.order))]:
+                if split in self._parts:
+                    with self._part(split).open(encoding="utf-8") as part:
+                        shutil.copyfileobj(part, fh)
+                    self._part(split).unlink()
+        _csv_to_parquet(self.out / "catalog.csv", self.out / "catalog.parquet")
+        stats = self.statistics(resolution, set_sizes)
+        (self.out / "stats.json").write_text(json.dumps(stats, indent=1, ensure_ascii=False))
+        return stats
+
+    def statistics(self, resolution: dict[str, Any], set_sizes: dict[str, int]) -> dict[str, Any]:
+        """What `stats.json` holds: counts per fate and stage, label completeness, taxa per rank and group."""
+        skipped = self.skipped_by_stage
+        return {
+            "inputs": self.inputs,
+            "images": self.stats.images,
+            # Files of splits the config left out are listed in skipped.csv but are not failures.
+            "skipped": sum(n for stage, n in skipped.items() if stage != "not_selected"),
+            "not_selected": skipped.get("not_selected", 0),
+            "excluded": sum(self.excluded_by_stage.values()),
+            "skipped_by_stage": dict(skipped),
+            "excluded_by_stage": dict(self.excluded_by_stage),
+            **self.stats.summary(),
+            "shard_sets": set_sizes,
+            "resolution": resolution,
+        }
 
 
-def statistics(
-    catalog: list[dict[str, Any]],
-    inputs: list[Entry],
-    skipped: Outcome,
-    excluded: Outcome,
-    resolution: dict[str, Any],
-    set_sizes: dict[str, int],
-) -> dict[str, Any]:
-    """What `stats.json` holds: counts per fate and stage, label completeness, taxa per rank and group."""
-    species_rows = [r for r in catalog if r["species"]]
+def _report_row(entry: Entry, stage: str, reason: str) -> dict[str, Any]:
     return {
-        "inputs": len(inputs),
-        "images": len(catalog),
-        # Files of splits the config left out are listed in skipped.csv but are not failures.
-        "skipped": sum(r["stage"] != "not_selected" for r in skipped.rows),
-        "not_selected": sum(r["stage"] == "not_selected" for r in skipped.rows),
-        "excluded": len(excluded.rows),
-        "skipped_by_stage": dict(Counter(r["stage"] for r in skipped.rows)),
-        "excluded_by_stage": dict(Counter(r["stage"] for r in excluded.rows)),
-        "fraction_all_seven_ranks": _fraction(catalog, _all_seven_ranks),
-        # Labels that stop above species (a source that says only "Papio") cannot reach seven ranks;
-        # this counts images whose lineage has no gap down to where their label stops.
-        "fraction_complete_to_lowest_rank": _fraction(catalog, _complete_to_lowest_rank),
-        # Of the images labelled down to species, how many the backbone completed to all seven ranks.
-        "fraction_all_seven_ranks_of_species_labels": _fraction(species_rows, _all_seven_ranks),
-        "taxa": _taxa_per_rank(catalog),
-        "per_source": _per_group(catalog, "source"),
-        "per_split": _per_group(catalog, "split"),
-        "per_kingdom": _per_group(catalog, "kingdom"),
-        "shard_sets": set_sizes,
-        "resolution": resolution,
+        "key": entry.key,
+        "source": entry.source,
+        "source_id": entry.source_id,
+        "stage": stage,
+        "reason": reason,
+    }
+
+
+def _open_csv(path: Path, columns: Sequence[str], header: bool = True) -> tuple[Any, csv.DictWriter]:
+    fh = path.open("w", newline="", encoding="utf-8")
+    writer = csv.DictWriter(fh, fieldnames=list(columns))
+    if header:
+        writer.writeheader()
+    return fh, writer
+
+
+def _csv_to_parquet(csv_path: Path, parquet_path: Path) -> None:
+    """The catalog as parquet, converted in batches (never the whole table in memory)."""
+    import pyarrow as pa
+    import pyarrow.csv as pcsv
+    import pyarrow.parquet as pq
+
+    types = {c: pa.bool_() if c == "train_small" else pa.string() for c in CATALOG_COLUMNS}
+    schema = pa.schema(list(types.items()))
+    convert = pcsv.ConvertOptions(column_types=types, strings_can_be_null=False)
+    reader = pcsv.open_csv(
+        csv_path, convert_options=convert, read_options=pcsv.ReadOptions(block_size=1 << 24)
+    )
+    with pq.ParquetWriter(parquet_path, schema) as writer:
+        for batch in reader:
+            writer.write_table(pa.Table.from_batches([batch], schema=schema))
+
+
+class CatalogStats:
+    """Counts over the catalog rows, kept per lineage (bounded by the taxa, not the images)."""
+
+    GROUPS = ("source", "split", "kingdom")
+
+    def __init__(self) -> None:
+        self.images = 0
+        self.lineages: Counter[tuple[str, ...]] = Counter()
+        self.species_rows = 0
+        self.species_seven = 0
+        self.groups: dict[str, dict[str, Counter[tuple[str, ...]]]] = {
+            g: defaultdict(Counter) for g in self.GROUPS
+        }
+
+    def add(self, row: dict[str, Any]) -> None:
+        lineage = tuple(row[x] for x in RANKS)
+        self.images += 1
+        self.lineages[lineage] += 1
+        if row["species"]:
+            self.species_rows += 1
+            self.species_seven += all(lineage)
+        for g in self.GROUPS:
+            self.groups[g][row[g] or "(none)"][lineage] += 1
+
+    def summary(self) -> dict[str, Any]:
+        total = _summary(self.lineages)
+        return {
+            "fraction_all_seven_ranks": _ratio(total["all_seven_ranks"], self.images),
+            # Labels that stop above species (a source that says only "Papio") cannot reach seven ranks;
+            # this counts images whose lineage has no gap down to where their label stops.
+            "fraction_complete_to_lowest_rank": _ratio(total["complete_to_lowest_rank"], self.images),
+            # Of the images labelled down to species, how many the backbone completed to all seven ranks.
+            "fraction_all_seven_ranks_of_species_labels": _ratio(self.species_seven, self.species_rows),
+            "taxa": total["taxa"],
+            **{f"per_{g}": {k: _summary(v) for k, v in sorted(self.groups[g].items())} for g in self.GROUPS},
+        }
+
+
+def _ratio(n: int, d: int) -> float:
+    return n / d if d else 0.0
+
+
+def _taxa_per_rank(lineages: Iterable[tuple[str, ...]]) -> dict[str, int]:
+    # A taxon at a rank is its lineage down to that rank (two genera "Morus" in different families differ).
+    lineages = list(lineages)
+    return {rank: len({lin[: i + 1] for lin in lineages if lin[i]}) for i, rank in enumerate(RANKS)}
+
+
+def _all_seven_ranks(lineage: tuple[str, ...]) -> bool:
+    return all(lineage)
+
+
+def _complete_to_lowest_rank(lineage: tuple[str, ...]) -> bool:
+    """No gap above the lowest rank the label reaches (a label that stops at genus can be complete)."""
+    depth = max((i for i, v in enumerate(lineage) if v), default=-1)
+    return depth >= 0 and all(lineage[: depth + 1])
+
+
+def _summary(lineages: Counter[tuple[str, ...]]) -> dict[str, Any]:
+    return {
+        "images": sum(lineages.values()),
+        "taxa": _taxa_per_rank(lineages),
+        "all_seven_ranks": sum(n for lin, n in lineages.items() if _all_seven_ranks(lin)),
+        "complete_to_lowest_rank": sum(n for lin, n in lineages.items() if _complete_to_lowest_rank(lin)),
     }

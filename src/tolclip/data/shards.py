@@ -144,9 +144,14 @@ class TarShard:
         self.count += 1
 
     def close(self) -> None:
-        end = self.size + 2 * _BLOCK
-        self._fh.write(bytes(2 * _BLOCK + (-end) % _RECORD))
+        self._fh.write(tar_end(self.size))
         self._fh.close()
+
+
+def tar_end(size: int) -> bytes:
+    """The end-of-archive marker after `size` bytes of members: two zero blocks, padded to a record."""
+    end = size + 2 * _BLOCK
+    return bytes(2 * _BLOCK + (-end) % _RECORD)
 
 
 def write_shards(
@@ -178,6 +183,31 @@ def write_shards(
         if shard is not None:
             shard.close()
     return written
+
+
+def ustar_member_names(path: str | os.PathLike) -> list[str]:
+    """Member names of a tar of plain ustar file headers (what `TarShard` writes), from the headers alone.
+
+    About ten times faster than `tarfile`, whose per-member Python parsing dominated the check that
+    ends every build. Raises ValueError on anything else (a pax or GNU header, a bad checksum, a cut
+    file): the caller falls back to `tarfile`, which reads every tar.
+    """
+    names: list[str] = []
+    with open(path, "rb") as fh:
+        while True:
+            head = fh.read(_BLOCK)
+            if len(head) < _BLOCK:
+                raise ValueError("no end-of-archive marker")
+            if not any(head):
+                return names
+            if head[156:157] not in (b"0", b"\0") or head[345:346] != b"\0":
+                raise ValueError("not a plain ustar file header")
+            stored = int(head[148:154] or b"0", 8)
+            if stored != sum(head[:148]) + 256 + sum(head[156:]):  # the checksum field counts as spaces
+                raise ValueError("bad header checksum")
+            names.append(head[:100].split(b"\0", 1)[0].decode("utf-8"))
+            size = int(head[124:135] or b"0", 8)
+            fh.seek(-(-size // _BLOCK) * _BLOCK, os.SEEK_CUR)
 
 
 def has_tar_end(path: str | os.PathLike) -> bool:
