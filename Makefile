@@ -7,7 +7,7 @@ TOLCLIP := $(VENV)/bin/tolclip
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install build-shards train eval eval-suite random-openclip test test-heavy test-browser test-fast lint format sweep-text-types sweep-text-types-real hparams-search notebooks bench bench-train bench-shards bench-eval bench-predict clean
+.PHONY: help install build-shards train eval eval-suite random-openclip test test-heavy test-browser test-ray test-fast lint format sweep-text-types sweep-text-types-real hparams-search notebooks bench bench-train bench-shards bench-decode bench-eval bench-predict clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -41,17 +41,22 @@ random-openclip: $(STAMP) ## write random open_clip ViT-B/16 and B/32 release fo
 build-shards: $(STAMP) ## build one shard set from all of ../shared/data/sources into data/shared_sources, replacing an earlier build there (ARGS= for overrides)
 	$(TOLCLIP) build-shards --config-name build/shared_sources build.overwrite=true $(ARGS)
 
-test: $(STAMP) ## run the test suite (all but the heavy tests: under 10 minutes on 2 cores)
-	$(PY) -m pytest -q -m "not heavy and not browser" $(ARGS)
+test: $(STAMP) ## run the test suite (all but the heavy, browser and Ray tests: under 10 minutes on 2 cores)
+	$(PY) -m pytest -q -m "not heavy and not browser and not ray" $(ARGS)
 
 test-browser: $(STAMP) ## the demo page in headless Chromium (apt-get install chromium); screenshot in logs/test-artifacts
 	$(PY) -m pytest -q -m browser $(ARGS)
+
+# Ray is an optional extra: installed here only when missing, so a second run starts at once.
+test-ray: $(STAMP) ## the Ray executor tests (build.executor=ray) on one local Ray; installs the [ray] extra first
+	@$(PY) -c "import ray" 2>/dev/null || $(PY) -m pip install -q --disable-pip-version-check -e ".[test,ray]"
+	$(PY) -m pytest -q -m ray $(ARGS)
 
 test-heavy: $(STAMP) ## the heavy tests: the default experiment learning, the eval-suite multirun, a 2-rank DDP run
 	$(PY) -m pytest -q -m heavy $(ARGS)
 
 test-fast: $(STAMP) ## tests not marked slow
-	$(PY) -m pytest -q -m "not slow and not heavy and not browser" $(ARGS)
+	$(PY) -m pytest -q -m "not slow and not heavy and not browser and not ray" $(ARGS)
 
 lint: $(STAMP) ## ruff, ruff format --check, the import-linter layers contract, functions <= 60 lines
 	$(VENV)/bin/ruff check src tests scripts notebooks
@@ -95,6 +100,12 @@ bench-train: $(STAMP) ## training samples/s: tolclip vs open_clip (caption-lengt
 
 bench-shards: $(STAMP) ## shard builder images/s vs Pillow-only decode/resize/encode, per worker count
 	$(PY) scripts/bench_shards.py $(ARGS)
+
+DECODE_SOURCES ?= ../shared/data/sources
+bench-decode: $(STAMP) ## reduced-scale JPEG decoding: images/s vs full decode, PSNR and pHash change (../shared/data)
+	$(PY) scripts/bench_decode.py $(DECODE_SOURCES)/camera-trap-edge --size 224
+	$(PY) scripts/bench_decode.py $(DECODE_SOURCES)/mushrooms/images/train --size 64 112 224
+	$(PY) scripts/bench_decode.py $(DECODE_SOURCES)/mushrooms/images/train --upscale-to 1600 --limit 200 --rounds 3 --size 64 112 224
 
 bench-eval: $(STAMP) random-openclip ## feature extraction images/s: tolclip vs open_clip on the same checkpoint and images
 	$(PY) scripts/bench_eval.py --images 64 $(ARGS)

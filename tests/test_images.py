@@ -11,7 +11,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tolclip.data.images import ImageError, encode, load_image, normalise, resize
+from tolclip.curate.dedup import hamming, perceptual_hash
+from tolclip.data.images import (
+    ImageError,
+    encode,
+    load_image,
+    normalise,
+    reduced_decode_scale,
+    resize,
+    resized_size,
+)
 
 from helpers import SHARED_DATA
 
@@ -231,3 +240,229 @@ def test_normalise_end_to_end_gives_stored_jpeg(tmp_path: Path) -> None:
     assert encode(Image.new("L", (8, 8)))[:2] == b"\xff\xd8"
     with pytest.raises(ValueError):
         encode(out, quality=0)
+
+
+# --- reduced-scale (DCT-domain) JPEG decoding: load_image(..., reduce_for=(mode, size)) ---------
+
+# The resized output of a reduced decode must stay this close to full decode + resize. Measured
+# (scripts/bench_decode.py, squash 224): camera-trap photos 38.9-54 dB (mean 44.9), the synthetic
+# images below 45.8-53.5 dB at 224/112/64; q95 encoding of the stored output alone costs those
+# photos 33-38 dB, so 35 dB is below anything seen yet above what a wrong scale gives
+# (decoding too small and upscaling measured 24-31 dB).
+MIN_PSNR_DB = 35.0
+
+
+def _psnr(a: Image.Image, b: Image.Image) -> float:
+    assert a.size == b.size
+    x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    mse = float(((x - y) ** 2).mean())
+    return 99.0 if mse == 0 else 10 * float(np.log10(255**2 / mse))
+
+
+def _synthetic(width: int, height: int, seed: int = 0) -> Image.Image:
+    """Sinusoids of many frequencies and directions plus noise: detail at every scale, unlike a flat fill."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width] / max(width, height)
+    arr = np.zeros((height, width, 3))
+    for c in range(3):
+        for _ in range(6):
+            fx, fy, phase = rng.uniform(1, 40), rng.uniform(1, 40), rng.uniform(0, 2 * np.pi)
+            arr[..., c] += np.sin(2 * np.pi * (fx * x + fy * y) + phase)
+    arr = 128 + 20 * arr + rng.normal(0, 6, arr.shape)
+    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+
+
+def _jpeg(image: Image.Image, orientation: int = 1, quality: int = 90) -> bytes:
+    buf = io.BytesIO()
+    exif = Image.Exif()
+    if orientation != 1:
+        exif[0x0112] = orientation
+    image.save(buf, format="JPEG", quality=quality, exif=exif.tobytes())
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("size", "mode", "target", "expected"),
+    [
+        ((2048, 1536), "squash", 224, 4),  # 1/8 would be 256×192: too short for 224
+        ((2048, 1536), "squash", 112, 8),
+        ((2048, 1536), "shorter_side", 224, 4),
+        ((2048, 1536), "none", 224, 1),
+        ((300, 200), "squash", 64, 2),
+        ((300, 200), "shorter_side", 224, 1),  # kept as is by resize: must stay byte-identical
+        ((300, 200), "squash", 224, 1),
+        ((1850, 1790), "shorter_side", 224, 4),  # output 232×224; 1/8 leaves 231×223 whole pixels
+        ((1809, 1797), "shorter_side", 224, 8),  # output 225×224; 1/8 leaves 226×224 (+ partial ones)
+    ],
+)
+def test_reduced_decode_scale_leaves_what_resize_needs(
+    size: tuple[int, int], mode: str, target: int, expected: int
+) -> None:
+    scale = reduced_decode_scale(*size, mode, target)
+    assert scale == expected
+    needed = resized_size(*size, mode, target)
+    if 1 < scale < 8:  # the next scale down would not have left enough
+        assert size[0] // (2 * scale) < needed[0] or size[1] // (2 * scale) < needed[1]
+    for orientation in (5, 6, 7, 8):  # stored transposed: the same decision on the upright size
+        assert reduced_decode_scale(size[1], size[0], mode, target, orientation) == expected
+
+
+@pytest.mark.parametrize(
+    ("mode", "size"), [("squash", 224), ("shorter_side", 224), ("squash", 112), ("squash", 64)]
+)
+def test_big_jpeg_decodes_reduced_and_resizes_like_a_full_decode(mode: str, size: int) -> None:
+    data = _jpeg(_synthetic(1600, 1200))
+    full = load_image(data)
+    reduced = load_image(data, reduce_for=(mode, size))
+    assert reduced.mode == "RGB"
+    assert reduced.size[0] < full.size[0] and reduced.size[1] < full.size[1]
+    needed = resized_size(*full.size, mode, size)
+    assert reduced.size[0] >= needed[0] and reduced.size[1] >= needed[1]
+    assert _psnr(resize(reduced, mode, size), resize(full, mode, size)) > MIN_PSNR_DB
+
+
+@pytest.mark.parametrize(
+    ("size", "mode", "target", "decoded"),
+    [((275, 183), "squash", 64, (138, 92)), ((1809, 1797), "shorter_side", 224, (227, 225))],
+)
+def test_partial_last_pixel_is_not_stretched_into_the_output(
+    size: tuple[int, int], mode: str, target: int, decoded: tuple[int, int]
+) -> None:
+    # The scale does not divide these sizes: the reduced image's last column and row cover only part
+    # of a block. Resized whole, the photo would be stretched by up to a reduced pixel (measured
+    # 28.4 and 24.9 dB against the full decode); `resize` maps exactly the photo's part instead.
+    data = _jpeg(_synthetic(*size, seed=3))
+    full = resize(load_image(data), mode, target)
+    reduced = load_image(data, reduce_for=(mode, target))
+    assert reduced.size == decoded
+    out = resize(reduced, mode, target)
+    assert out.size == full.size  # also for shorter_side, whose long side rounds from the aspect
+    assert _psnr(out, full) > MIN_PSNR_DB
+    # An edited image (here cropped) is no longer the reduced decode: resized plainly.
+    cropped = reduced.crop((0, 0, decoded[0] - 1, decoded[1] - 1))
+    assert resize(cropped, mode, target).size == resized_size(*cropped.size, mode, target)
+
+
+# The inverse of what exif_transpose applies per orientation (2-5 and 7 are their own inverse).
+_STORED_AS = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_90,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_270,
+}
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_reduced_decode_applies_exif_orientation(orientation: int) -> None:
+    upright = _synthetic(1600, 1200, seed=1)
+    upright.paste((255, 0, 0), (0, 0, 400, 1200))  # red on the left
+    # Stored so that applying `orientation` (what exif_transpose does) gives `upright` back.
+    stored = upright.transpose(_STORED_AS[orientation]) if orientation != 1 else upright
+    data = _jpeg(stored, orientation=orientation)
+    reduced = load_image(data, reduce_for=("shorter_side", 224))
+    assert reduced.size == (400, 300)  # upright, at 1/4
+    r, g, b = reduced.getpixel((20, 150))
+    assert r > 200 and g < 60 and b < 60  # the red band is on the left again
+    full = load_image(data)
+    assert _psnr(resize(reduced, "shorter_side", 224), resize(full, "shorter_side", 224)) > MIN_PSNR_DB
+
+
+def test_png_small_jpeg_and_mode_none_are_unchanged() -> None:
+    big = _synthetic(1600, 1200, seed=2)
+    cases = [
+        (_png_bytes(big), ("squash", 64)),  # not a JPEG: Pillow's draft does nothing for PNG anyway
+        (_jpeg(_synthetic(300, 200)), ("squash", 224)),  # no scale leaves 224×224
+        (_jpeg(_synthetic(300, 200)), ("shorter_side", 224)),  # resize keeps it as is
+        (_jpeg(big), ("none", 224)),
+    ]
+    for data, reduce_for in cases:
+        plain, with_arg = load_image(data), load_image(data, reduce_for=reduce_for)
+        assert with_arg.size == plain.size
+        assert np.array_equal(np.asarray(with_arg), np.asarray(plain))
+
+
+def test_truncated_big_jpeg_still_raises_with_reduced_decode() -> None:
+    data = _jpeg(_synthetic(1600, 1200))
+    with pytest.raises(ImageError) as info:
+        load_image(data[: len(data) // 2], reduce_for=("squash", 64))
+    assert info.value.reason == "truncated"
+
+
+def test_reduced_decode_keeps_cmyk_and_grey_jpegs_right() -> None:
+    colour = Image.new("CMYK", (1600, 1200), (0, 255, 255, 0))
+    r, g, b = load_image(_jpeg(colour, quality=95), reduce_for=("squash", 64)).getpixel((50, 50))
+    assert r > 240 and g < 15 and b < 15
+    grey = load_image(_jpeg(_synthetic(1600, 1200).convert("L")), reduce_for=("squash", 64))
+    assert grey.mode == "RGB" and grey.size == (200, 150)
+    arr = np.asarray(grey)
+    assert (arr[..., 0] == arr[..., 1]).all() and (arr[..., 1] == arr[..., 2]).all()
+
+
+@needs_camera
+def test_truncated_camera_trap_file_raises_with_reduced_decode() -> None:
+    with pytest.raises(ImageError) as info:
+        load_image(CAMERA / "african_elephants_truncated_file.jpg", reduce_for=("squash", 224))
+    assert info.value.reason == "truncated"
+
+
+@needs_camera
+@pytest.mark.parametrize(
+    ("name", "decoded"),
+    [
+        ("african_elephants.jpg", (512, 384)),
+        ("african_elephants_cmyk.jpg", (512, 384)),
+        ("african_elephants_bw.jpg", (512, 384)),
+        ("african_elephants_with_exif_orientation.jpg", (512, 384)),  # stored 1536×2048, orientation 6
+        ("blank2.jpg", (408, 306)),  # 3264×2448 at 1/8
+        ("human.jpg", (768, 432)),  # 3072×1728: 1/8 would leave 216 rows
+    ],
+)
+def test_camera_trap_photos_reduced_decode_matches_full(name: str, decoded: tuple[int, int]) -> None:
+    data = (CAMERA / name).read_bytes()
+    full = load_image(data)
+    reduced = load_image(data, reduce_for=("squash", 224))
+    assert reduced.mode == "RGB" and reduced.size == decoded
+    for mode in ("squash", "shorter_side"):
+        assert _psnr(resize(reduced, mode, 224), resize(full, mode, 224)) > MIN_PSNR_DB
+    # The builder hashes the loaded image: measured distances on these photos are 0-2 bits,
+    # far under the dedup threshold's margin to distinct photos (DEFAULT_MAX_DISTANCE 6, distinct >= 10).
+    assert hamming(perceptual_hash(reduced), perceptual_hash(full)) <= 2
+
+
+@needs_camera
+def test_camera_trap_variants_keep_their_colours_when_reduced() -> None:
+    original = load_image(CAMERA / "african_elephants.jpg", reduce_for=("squash", 224))
+    mean = np.asarray(original, dtype=np.float64).mean(axis=(0, 1))
+    cmyk = load_image(CAMERA / "african_elephants_cmyk.jpg", reduce_for=("squash", 224))
+    assert np.abs(np.asarray(cmyk, dtype=np.float64).mean(axis=(0, 1)) - mean).max() < 3
+    rotated = load_image(CAMERA / "african_elephants_with_exif_orientation.jpg", reduce_for=("squash", 224))
+    assert _corr(_thumb(rotated), _thumb(original)) > 0.98
+    assert _corr(_thumb(rotated), _thumb(original.transpose(Image.Transpose.ROTATE_180))) < 0.9
+
+
+def test_bad_reduce_for_is_a_value_error_for_any_file() -> None:
+    for data in (_png_bytes(Image.new("RGB", (8, 8))), _jpeg(Image.new("RGB", (64, 64)))):
+        with pytest.raises(ValueError, match="resize mode"):
+            load_image(data, reduce_for=("crop", 224))
+        with pytest.raises(ValueError, match="size must be positive"):
+            load_image(data, reduce_for=("squash", 0))
+
+
+def test_resized_output_of_a_reduced_decode_is_a_plain_image() -> None:
+    reduced = load_image(_jpeg(_synthetic(1600, 1200)), reduce_for=("squash", 224))
+    out = resize(reduced, "squash", 224)
+    # Resizing the output again must treat it as the 224×224 image it is (no stale source box).
+    assert resize(out, "shorter_side", 100).size == (100, 100)
+    assert np.array_equal(np.asarray(resize(out, "squash", 224)), np.asarray(out))
+
+
+def test_the_decode_scale_can_be_held_to_divisors_of_a_number() -> None:
+    # The builder holds it to divisors of its pHash's box factor, so the hash sees the same grid.
+    assert reduced_decode_scale(2048, 1536, "squash", 224) == 4
+    assert reduced_decode_scale(2048, 1536, "squash", 224, divides=24) == 4
+    assert reduced_decode_scale(2048, 1536, "squash", 224, divides=18) == 2
+    assert reduced_decode_scale(2048, 1536, "squash", 224, divides=9) == 1
+    assert reduced_decode_scale(2048, 1536, "squash", 224, divides=0) == 1

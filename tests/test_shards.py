@@ -73,7 +73,7 @@ def test_fast_member_listing_equals_tarfile_and_refuses_other_tars(tmp_path) -> 
         tar.addfile(info)
     data = path.read_bytes()
     (tmp_path / "cut.tar").write_bytes(data[:1024])
-    (tmp_path / "bad.tar").write_bytes(data[:10] + b"X" + data[11:])
+    (tmp_path / "bad.tar").write_bytes(data[:257] + b"XXXXX" + data[262:])  # no ustar magic
     for name in ("pax.tar", "cut.tar", "bad.tar"):
         with pytest.raises(ValueError):
             ustar_member_names(tmp_path / name)

@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 from tolclip.core.hashing import sha256_hex
-from tolclip.data.images import DEFAULT_MAX_PIXELS, ImageError, load_image
+from tolclip.data.images import DEFAULT_MAX_PIXELS, REDUCED_FROM, ImageError, load_image
 
 HASH_BITS = 64
 # Measured on ../shared/data (170 images from all five sources, 1,365 for distinct pairs):
@@ -61,6 +61,11 @@ _DCT = _dct_matrix(_DCT_SIZE)
 _DCT_LOW = _DCT[1:9]  # the rows for coefficients 1..8, all the hash reads
 
 
+def hash_box_factor(width: int, height: int) -> int:
+    """The integer box factor `perceptual_hash` first reduces a width×height image by (< 2: none)."""
+    return min(width, height) // (2 * _DCT_SIZE)
+
+
 def perceptual_hash(image: Image.Image) -> int:
     """64-bit pHash: grey → 32×32 → 2-D DCT → coefficients [1:9, 1:9] → bit = above their median.
 
@@ -73,8 +78,13 @@ def perceptual_hash(image: Image.Image) -> int:
     # non-integer boxes (e.g. 112 → 32) flipped up to 10 bits for a 0.5× copy; bilinear kept
     # every q60 / 0.5× / 2× copy on the shared data within 2 bits (BICUBIC/LANCZOS: within 4).
     # A big image is first box-averaged by an integer factor (exact and cheap; it keeps the low
-    # frequencies the hash reads), so the grey conversion and the resize touch few pixels.
-    factor = min(image.size) // (2 * _DCT_SIZE)
+    # frequencies the hash reads), so the grey conversion and the resize touch few pixels. An image
+    # `load_image` decoded at reduced scale s (chosen to divide the full image's factor f) is reduced
+    # by f / s: the same grid as the full decode, so the hash barely moves (docs/curation-at-scale.md).
+    factor = hash_box_factor(*image.size)
+    reduced = image.info.get(REDUCED_FROM)  # a reduced-scale JPEG decode: use the full image's grid
+    if reduced is not None and hash_box_factor(*reduced[:2]) % reduced[2] == 0:
+        factor = hash_box_factor(*reduced[:2]) // reduced[2]
     if factor >= 2:
         image = image.reduce(factor)
     small = image.convert("L").resize((_DCT_SIZE, _DCT_SIZE), Image.Resampling.BILINEAR)
@@ -107,6 +117,7 @@ class NearDuplicateIndex:
         self.bands = bands
         self._width = HASH_BITS // bands
         self._mask = (1 << self._width) - 1
+        self._bits = [1 << p for p in range(self._width)]
         self._tables: list[dict[int, list[int]]] = [{} for _ in range(bands)]
         self._keys: list[str] = []
         self._hashes: list[int] = []
@@ -129,7 +140,9 @@ class NearDuplicateIndex:
 
     def _probes(self, value: int, radius: int) -> Iterator[int]:
         yield value
-        for r in range(1, radius + 1):
+        if radius >= 1:  # the common case (d <= 7 with 4 bands): single-bit flips, no combinations
+            yield from (value ^ bit for bit in self._bits)
+        for r in range(2, radius + 1):
             for positions in combinations(range(self._width), r):
                 flipped = value
                 for p in positions:

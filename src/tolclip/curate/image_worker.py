@@ -8,7 +8,7 @@ from typing import Any
 
 from tolclip.core.taxonomy import Taxon
 from tolclip.curate.config import BuildConfig
-from tolclip.curate.dedup import EvalExclusion, content_hash, perceptual_hash
+from tolclip.curate.dedup import EvalExclusion, content_hash, hash_box_factor, perceptual_hash
 from tolclip.data.images import ImageError, encode, load_image, resize
 from tolclip.data.shards import Sample, record_blob, to_record
 
@@ -55,7 +55,9 @@ def process_one(task: ImageTask) -> dict[str, Any]:
     try:
         mode, size = _WORKER["mode"], _WORKER["size"]
         reduce_for = (mode, size) if _WORKER["reduced_decode"] else None
-        image = load_image(data, max_pixels=_WORKER["max_pixels"], reduce_for=reduce_for)
+        image = load_image(
+            data, max_pixels=_WORKER["max_pixels"], reduce_for=reduce_for, scale_divides=hash_box_factor
+        )
         jpeg = encode(resize(image, mode, size), quality=_WORKER["quality"])
     except ImageError as err:
         return {"key": key, "ok": False, "reason": err.reason, "sha256": content_hash(data)}

@@ -24,6 +24,7 @@ from __future__ import annotations
 import io
 import os
 import warnings
+from collections.abc import Callable
 from typing import Literal
 
 import numpy as np
@@ -126,12 +127,25 @@ def to_rgb(image: Image.Image) -> Image.Image:
         raise ImageError(f"unsupported mode: {mode}") from e
 
 
-def load_image(path_or_bytes: str | os.PathLike | bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+def load_image(
+    path_or_bytes: str | os.PathLike | bytes,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    reduce_for: tuple[str, int] | None = None,
+    scale_divides: Callable[[int, int], int] | None = None,
+) -> Image.Image:
     """Decode a file (path or its bytes) into an upright 8-bit RGB image, or raise `ImageError`.
 
     The pixel limit is checked from the header, before any pixel is decoded, so a decompression
     bomb costs only the header read. EXIF orientation is applied, so the result is upright.
+
+    `reduce_for=(mode, size)` says the image will next go through `resize(image, mode, size)`:
+    a JPEG much larger than that needs is then decoded at 1/2, 1/4 or 1/8 scale in the DCT domain
+    (see `reduced_decode_scale`), which is several times faster; anything else decodes as without it.
+    `scale_divides(width, height)` (of the upright full image) restricts the scale to divisors of what
+    it returns: the builder passes its pHash's box factor, so the hash sees the same pixel grid.
     """
+    if reduce_for is not None:
+        resized_size(1, 1, *reduce_for)  # a bad mode or size is a ValueError for every file, not only JPEGs
     # Our own limit replaces Pillow's warning threshold; its hard error (2x) stays as a backstop.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -141,6 +155,9 @@ def load_image(path_or_bytes: str | os.PathLike | bytes, max_pixels: int = DEFAU
                 raise ImageError(f"empty: {width}×{height}")
             if width * height > max_pixels:
                 raise ImageError(f"too large: {width}×{height}")
+            reduced_from = (
+                _draft_reduced(image, reduce_for, scale_divides) if reduce_for is not None else None
+            )
             _decode(image)
             try:
                 upright = ImageOps.exif_transpose(image)
@@ -149,7 +166,82 @@ def load_image(path_or_bytes: str | os.PathLike | bytes, max_pixels: int = DEFAU
             rgb = to_rgb(upright)
             # Detach from the file: the `with` closes it, and an RGB result must not share pixels
             # with the input image object we are about to drop.
-            return rgb.copy() if rgb is image else rgb
+            rgb = rgb.copy() if rgb is image else rgb
+            if reduced_from is not None:
+                rgb.info[REDUCED_FROM] = reduced_from
+            return rgb
+
+
+# libjpeg's scaled inverse DCT: 1/8 averages each 8×8 block (its DC term), 1/2 and 1/4 keep the
+# lowest 4×4 / 2×2 coefficients, i.e. a decent low-pass, not point sampling.
+JPEG_SCALES = (8, 4, 2)
+_SWAPS_AXES = (5, 6, 7, 8)  # EXIF orientations that transpose width and height
+# `Image.info` key on a reduced decode: (upright full width, height, scale), read by `resize`.
+REDUCED_FROM = "tolclip_reduced_from"
+
+
+def reduced_decode_scale(
+    width: int, height: int, mode: str, size: int, orientation: int = 1, divides: int | None = None
+) -> int:
+    """The largest JPEG decode scale (8, 4, 2, else 1) that leaves `resize` enough pixels.
+
+    `width`×`height` is the stored (pre-EXIF) size. A scale qualifies when the part of the reduced
+    image that covers the photo, `width / scale` × `height / scale`, is at least the size `resize`
+    gives the full decode in both upright dimensions, so `resize` only ever shrinks it. Mode
+    ``none`` and images that `resize` keeps as they are never qualify. With `divides`, only scales
+    that divide it qualify.
+    """
+    if orientation in _SWAPS_AXES:
+        width, height = height, width
+    target = resized_size(width, height, mode, size)
+    for scale in JPEG_SCALES:
+        if divides is not None and (divides <= 0 or divides % scale):
+            continue
+        if width // scale >= target[0] and height // scale >= target[1]:
+            return scale
+    return 1
+
+
+def _draft_reduced(
+    image: Image.Image, reduce_for: tuple[str, int], scale_divides: Callable[[int, int], int] | None = None
+) -> tuple[int, int, int] | None:
+    """Ask libjpeg for a reduced-scale decode (before `load`) when `reduced_decode_scale` allows one.
+
+    Returns what `resize` needs to treat the result exactly like the full decode, `REDUCED_FROM`.
+    """
+    if image.format not in ("JPEG", "MPO"):
+        return None
+    try:
+        orientation = int(image.getexif().get(0x0112, 1))
+    except Exception:  # malformed EXIF: decode at full size; exif_transpose reports the error later
+        return None
+    width, height = image.size
+    upright = (height, width) if orientation in _SWAPS_AXES else (width, height)
+    divides = scale_divides(*upright) if scale_divides is not None else None
+    scale = reduced_decode_scale(width, height, *reduce_for, orientation=orientation, divides=divides)
+    # Pillow picks the largest s in (8, 4, 2, 1) with size // s >= the requested size: `scale`
+    # itself once both sides are >= 2 * scale (for tinier images its choice could differ).
+    if (
+        scale == 1
+        or min(width, height) < 2 * scale
+        or image.draft(None, (width // scale, height // scale)) is None
+    ):
+        return None
+    return (*upright, scale)
+
+
+def _reduced_source(image: Image.Image) -> tuple[tuple[int, int], tuple[float, float, float, float]] | None:
+    """For a reduced decode from `load_image`: the full decode's size, and the box of the image that
+    covers exactly the photo (its last column/row is partial where the scale does not divide the
+    size; resizing it whole would stretch the photo by up to a reduced pixel). None for any other
+    image, or one whose size changed since."""
+    reduced_from = image.info.get(REDUCED_FROM)
+    if reduced_from is None:
+        return None
+    width, height, scale = reduced_from
+    if image.size != (-(-width // scale), -(-height // scale)):
+        return None
+    return (width, height), (0.0, 0.0, width / scale, height / scale)
 
 
 ImageInput = str | os.PathLike | bytes | Image.Image
@@ -179,27 +271,42 @@ def resize(image: Image.Image, mode: ResizeMode, size: int) -> Image.Image:
       shorter side is already <= size is returned as is): upscaling stores more bytes and no
       information, and the training transform resizes anyway.
     * ``none``: unchanged.
+
+    An image `load_image` decoded at reduced scale (`reduce_for`) gets the output size the full
+    decode would get, resampled from exactly the photo's area of it, so it matches that output
+    closely (PSNR figures: scripts/bench_decode.py).
     """
-    if mode not in RESIZE_MODES:
-        raise ValueError(f"resize mode must be one of {RESIZE_MODES}, not {mode!r}")
-    if mode == "none":
-        return image
-    if size <= 0:
-        raise ValueError(f"size must be positive, not {size}")
-    width, height = image.size
-    if mode == "squash":
-        target = (size, size)
-    else:
-        short = min(width, height)
-        if short <= size:
-            return image
-        scale = size / short
-        target = (max(1, round(width * scale)), max(1, round(height * scale)))
-        # Pin the shorter side exactly: rounding the scale must not give size±1.
-        target = (size, target[1]) if width <= height else (target[0], size)
+    source = _reduced_source(image) if mode != "none" else None
+    if source is not None:
+        # A reduced decode: the full decode's output size, from exactly the photo's part of it.
+        target = resized_size(*source[0], mode, size)
+        if target[0] <= image.size[0] and target[1] <= image.size[1]:
+            out = image.resize(target, RESAMPLE, box=source[1], reducing_gap=REDUCING_GAP)
+            del out.info[REDUCED_FROM]  # Pillow copies `info`; the output is not a reduced decode
+            return out
+    target = resized_size(image.size[0], image.size[1], mode, size)
     if target == image.size:
         return image
     return image.resize(target, RESAMPLE, reducing_gap=REDUCING_GAP)
+
+
+def resized_size(width: int, height: int, mode: str, size: int) -> tuple[int, int]:
+    """The size `resize` gives a width×height image (the input size where it returns it unchanged)."""
+    if mode not in RESIZE_MODES:
+        raise ValueError(f"resize mode must be one of {RESIZE_MODES}, not {mode!r}")
+    if mode == "none":
+        return width, height
+    if size <= 0:
+        raise ValueError(f"size must be positive, not {size}")
+    if mode == "squash":
+        return size, size
+    short = min(width, height)
+    if short <= size:
+        return width, height
+    scale = size / short
+    target = (max(1, round(width * scale)), max(1, round(height * scale)))
+    # Pin the shorter side exactly: rounding the scale must not give size±1.
+    return (size, target[1]) if width <= height else (target[0], size)
 
 
 def encode(image: Image.Image, quality: int = 95) -> bytes:
