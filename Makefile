@@ -90,7 +90,7 @@ sweep-text-types-real: $(STAMP) ## the ablation on real photos (../shared/data):
 	$(TOLCLIP) train -m experiment=text_type_real data.text_type=$(TEXT_TYPES) seed=$(REAL_SEEDS) hydra.sweep.dir=logs/sweep-text-types-real $(ARGS)
 	$(TOLCLIP) report logs/sweep-text-types-real
 
-bench: bench-train bench-shards bench-eval bench-predict ## all benchmarks
+bench: bench-train bench-shards bench-decode bench-eval bench-predict ## all benchmarks
 
 bench-train: $(STAMP) ## training samples/s: tolclip vs open_clip (caption-length and full-context tokens); end to end from shards vs model only; feature-cache accumulation vs one big batch
 	$(PY) scripts/bench_train.py $(ARGS)
@@ -98,8 +98,9 @@ bench-train: $(STAMP) ## training samples/s: tolclip vs open_clip (caption-lengt
 	$(PY) scripts/bench_train_e2e.py $(E2E_ARGS)
 	$(PY) scripts/bench_accumulation.py $(ACCUM_ARGS)
 
-bench-shards: $(STAMP) ## shard builder images/s vs Pillow-only decode/resize/encode, per worker count
+bench-shards: $(STAMP) ## shard builder images/s vs Pillow-only decode/resize/encode, per worker count: 224-px butterflies; mushroom photos at 64 px (reduced-scale decode)
 	$(PY) scripts/bench_shards.py $(ARGS)
+	$(PY) scripts/bench_shards.py --root ../shared/data/sources/mushrooms/images/train --images 400 --size 64 $(ARGS)
 
 DECODE_SOURCES ?= ../shared/data/sources
 bench-decode: $(STAMP) ## reduced-scale JPEG decoding: images/s vs full decode, PSNR and pHash change (../shared/data)
