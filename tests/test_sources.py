@@ -384,3 +384,14 @@ def test_registry(tmp_path: Path) -> None:
     }
     records, _ = open_source(**config).collect()
     assert len(records) == 4 and {r.source for r in records} == {"pets"}
+
+
+def test_manifest_streams_and_lists_a_malformed_row(tmp_path: Path) -> None:
+    for name in ("1.png", "2.png"):
+        _touch(tmp_path / "img" / name)
+    (tmp_path / "m.csv").write_text(
+        "path,scientific_name\nimg/1.png,Vulpes vulpes\nimg/x.png,a,b\nimg/2.png,Canis lupus\n"
+    )
+    records, problems = manifest(tmp_path / "m.csv").collect()
+    assert [r.source_id for r in records] == ["img/1.png", "img/2.png"]
+    assert problems == [Problem("row 3", "row 3: malformed (line 3: 3 fields but the header has 2)")]

@@ -37,7 +37,6 @@ from itertools import chain, islice
 from pathlib import Path
 from typing import Any
 
-from tolclip.core.hashing import sha256_hex
 from tolclip.core.taxonomy import RANKS, Taxon, clean_name
 from tolclip.curate.check import check_catalog
 from tolclip.curate.config import BuildConfig, BuildError
@@ -128,7 +127,6 @@ class BuildRun:
         self.excluded_species = load_excluded_species(cfg.exclude_species)
         self.holdout = load_excluded_species(cfg.holdout_species, key="holdout_species")
         self.held_found: set[str] = set()
-        self._key_hashes: set[int] = set()
 
     def execute(self, executor: Any) -> dict[str, int]:
         """Stream every input through the stages; returns the samples per shard set."""
@@ -166,7 +164,6 @@ class BuildRun:
         on resume; the inputs a scan could not use go to skipped.csv."""
         raw = _raw_entries(self.cfg)
         for entry, problem in raw:
-            self._check_unique(entry.key)
             try:
                 self.scan_log.check(entry)
             except SourceChanged as change:
@@ -187,13 +184,6 @@ class BuildRun:
             f"source changed since the interrupted build in {self.cfg.out_dir}: {what}; "
             "rebuild without resume (build.overwrite=true) or restore the source"
         )
-
-    def _check_unique(self, key: str) -> None:
-        # 64 bits of the key's hash, not the key: the set stays small per input.
-        h = int(sha256_hex(key)[:16], 16)
-        if h in self._key_hashes:
-            raise BuildError(f"duplicate sample key {key!r}: a source yields the same source_id twice")
-        self._key_hashes.add(h)
 
     def resolve_taxonomy(self, entries: Iterable[Entry]) -> Iterator[Entry]:
         """Give each entry its taxon; those without one, of an excluded species or short of min_rank get

@@ -19,6 +19,7 @@ Sources can be built from config through `open_source(kind, **kwargs)` using `AD
 from __future__ import annotations
 
 import csv
+import hashlib
 import inspect
 import json
 import os
@@ -102,21 +103,30 @@ def read_table(path: str | os.PathLike[str]) -> tuple[list[str], list[dict[str, 
     """Read a CSV/TSV (csv module) or parquet (pyarrow) table as (header, rows of raw strings).
 
     Missing values become "": adapters keep strings raw and let the cleaners decide what is empty.
+    A malformed line is a ValueError naming the file and line (small tables: names, wnids).
     """
+    header, rows = iter_table(path)
+    out = []
+    for _, row in rows:
+        if isinstance(row, str):
+            raise ValueError(f"table {Path(path)}, {row}")
+        out.append(row)
+    return header, out
+
+
+TableRows = Iterator[tuple[int, dict[str, str] | str]]
+
+
+def iter_table(path: str | os.PathLike[str]) -> tuple[list[str], TableRows]:
+    """The header now (so a bad file fails at once), then (line number, row) pairs read lazily: a
+    manifest of millions of rows is never held whole. A malformed line comes as its error text instead
+    of a row, so a streaming reader can list it and go on."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"table {path} does not exist")
     suffix = path.suffix.lower()
     if suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        try:
-            table = pq.read_table(path)
-        except Exception as err:  # pyarrow raises several types for a corrupt file
-            raise ValueError(f"table {path}: cannot read parquet ({err})") from err
-        header = list(table.column_names)
-        rows = [{k: "" if v is None else str(v) for k, v in row.items()} for row in table.to_pylist()]
-        return header, rows
+        return _iter_parquet(path)
     if suffix in (".tsv", ".tab"):
         delimiter = "\t"
     elif suffix in (".csv", ".txt"):
@@ -124,21 +134,46 @@ def read_table(path: str | os.PathLike[str]) -> tuple[list[str], list[dict[str, 
     else:
         raise ValueError(f"table {path}: unsupported extension {suffix!r}; use .csv, .tsv or .parquet")
     # utf-8-sig: spreadsheet exports often start with a BOM that would otherwise stick to the first column.
-    with open(path, newline="", encoding="utf-8-sig") as fh:
-        reader = csv.reader(fh, delimiter=delimiter)
-        header = next(reader, None)
-        if header is None:
-            raise ValueError(f"table {path} is empty (no header row)")
-        rows = []
-        for line in reader:
-            if not line:  # blank line
-                continue
-            if len(line) != len(header):
-                raise ValueError(
-                    f"table {path}, line {reader.line_num}: {len(line)} fields but the header has {len(header)}"
-                )
-            rows.append(dict(zip(header, line, strict=True)))
-    return header, rows
+    fh = open(path, newline="", encoding="utf-8-sig")  # noqa: SIM115 - closed by the row generator
+    reader = csv.reader(fh, delimiter=delimiter)
+    header = next(reader, None)
+    if header is None:
+        fh.close()
+        raise ValueError(f"table {path} is empty (no header row)")
+
+    def rows() -> TableRows:
+        with fh:
+            for line in reader:
+                if not line:  # blank line
+                    continue
+                if len(line) != len(header):
+                    yield (
+                        reader.line_num,
+                        f"line {reader.line_num}: {len(line)} fields but the header has {len(header)}",
+                    )
+                else:
+                    yield reader.line_num, dict(zip(header, line, strict=True))
+
+    return header, rows()
+
+
+def _iter_parquet(path: Path) -> tuple[list[str], TableRows]:
+    import pyarrow.parquet as pq
+
+    try:
+        parquet = pq.ParquetFile(path)
+    except Exception as err:  # pyarrow raises several types for a corrupt file
+        raise ValueError(f"table {path}: cannot read parquet ({err})") from err
+    header = list(parquet.schema_arrow.names)
+
+    def rows() -> TableRows:
+        n = 1  # numbered like a CSV's lines: the first row is "line 2"
+        for batch in parquet.iter_batches(batch_size=8192):
+            for row in batch.to_pylist():
+                n += 1
+                yield n, {k: "" if v is None else str(v) for k, v in row.items()}
+
+    return header, rows()
 
 
 def _require_columns(path: Path, header: Sequence[str], columns: Sequence[str]) -> None:
@@ -532,13 +567,17 @@ def manifest(
     repeated source id are problems. `label` falls back to the scientific name; `source_id` to the path.
     """
     table = _abspath(table_path)
-    header, rows = read_table(table)
+    header, rows = iter_table(table)
     colmap = _manifest_columns(table, header, columns)
     base = _abspath(image_root) if image_root is not None else table.parent
 
     def produce(problems: list[Problem]) -> Iterator[SourceRecord]:
-        seen: set[str] = set()
-        for n, row in enumerate(rows, start=2):  # line 1 is the header
+        # Hashes of the ids seen, not the ids: 16 bytes per row of a manifest of any length.
+        seen: set[bytes] = set()
+        for n, row in rows:
+            if isinstance(row, str):
+                problems.append(Problem(f"row {n}", f"row {n}: malformed ({row})"))
+                continue
             get = {fld: row[col] for fld, col in colmap.items()}
             rel = get["path"]
             sid = get.get("source_id") or rel
@@ -546,14 +585,15 @@ def manifest(
             if not rel:
                 problems.append(Problem(item, f"row {n}: empty image path"))
                 continue
-            if sid in seen:
+            digest = hashlib.blake2b(sid.encode("utf-8", "surrogateescape"), digest_size=16).digest()
+            if digest in seen:
                 problems.append(Problem(item, f"row {n}: duplicate source_id"))
                 continue
             f = _abspath(base / rel)
             if not f.is_file():
                 problems.append(Problem(item, f"row {n}: image file {f} does not exist"))
                 continue
-            seen.add(sid)
+            seen.add(digest)
             scientific = get.get("scientific_name", "")
             yield SourceRecord(
                 path=f,
