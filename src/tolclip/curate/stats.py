@@ -146,7 +146,7 @@ def _csv_to_parquet(csv_path: Path, parquet_path: Path) -> None:
     schema = pa.schema(list(types.items()))
     convert = pcsv.ConvertOptions(column_types=types, strings_can_be_null=False)
     reader = pcsv.open_csv(
-        csv_path, convert_options=convert, read_options=pcsv.ReadOptions(block_size=1 << 24)
+        csv_path, convert_options=convert, read_options=pcsv.ReadOptions(block_size=1 << 22)
     )
     with pq.ParquetWriter(parquet_path, schema) as writer:
         for batch in reader:
