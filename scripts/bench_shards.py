@@ -214,6 +214,13 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--quality", type=int, default=95)
     ap.add_argument("--chunk-size", type=int, default=16, help="imap chunk size (the builder's default)")
+    ap.add_argument(
+        "--upscale-to",
+        type=int,
+        default=0,
+        help="first write every chosen image upscaled to this longer side (JPEG q90) into a temp folder and "
+        "run on those: large photos, where the builder decodes at reduced scale",
+    )
     args = ap.parse_args()
 
     if not args.root.is_dir():
@@ -233,6 +240,27 @@ def main() -> None:
         TAXONOMY.update(backend="table", path=str(args.taxonomy_table.resolve()))
     if not images:
         sys.exit(f"bench_shards: no image files under {args.root}")
+    with tempfile.TemporaryDirectory(prefix="bench_shards_big_") as big:
+        if args.upscale_to:
+            images = _upscale(images, args.upscale_to, Path(big))
+        run_all(args, images)
+
+
+def _upscale(images: list[tuple[str, str]], longer_side: int, folder: Path) -> list[tuple[str, str]]:
+    """Copies of the images upscaled to `longer_side` (as `bench_decode --upscale-to` makes them)."""
+    from bench_decode import upscaled
+
+    out = []
+    for i, (path, name) in enumerate(images):
+        (data,) = upscaled([Path(path).read_bytes()], longer_side)
+        target = folder / f"{i:06d}.jpg"
+        target.write_bytes(data)
+        out.append((str(target), name))
+    return out
+
+
+def run_all(args: argparse.Namespace, images: list[tuple[str, str]]) -> None:
+    """Time the three sides on the chosen images and print the table."""
     paths = [p for p, _ in images]
     n = len(paths)
     mb = sum(os.path.getsize(p) for p in paths) / 1e6
