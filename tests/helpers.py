@@ -286,3 +286,13 @@ def run_cli(capsys: pytest.CaptureFixture, *args: object) -> tuple[int, str, str
         code = main([str(a) for a in args])
     out, err = capsys.readouterr()
     return code, out, err
+
+
+def write_catalog(folder: Path, rows: list[dict]) -> None:
+    """`catalog.csv`/`.parquet` (and empty reports) in `folder` as a build writes them, from catalog rows."""
+    from tolclip.curate.stats import Reports
+
+    reports = Reports(folder, folder, ["train", "val"])
+    for row in rows:
+        reports.catalog(row)
+    reports.finish({}, {})

@@ -20,7 +20,7 @@ from tolclip.prediction import (
 from tolclip.prediction.classify import LABEL_COLUMNS, TOL_COLUMNS, parse_ranks
 from tolclip.prediction.taxa import TaxaError, read_taxa
 
-from helpers import SHARED_DATA, colour_image, small_release
+from helpers import SHARED_DATA, colour_image, small_release, write_catalog
 
 
 def taxon(k: str, p: str, c: str, o: str, f: str, g: str, s: str = "", common: str = "") -> Taxon:
@@ -331,8 +331,7 @@ def test_names_csv_resolved_offline(tmp_path: Path) -> None:
 
 
 def test_catalog_parquet_from_build_shards(tmp_path: Path) -> None:
-    from tolclip.curate.entries import Outcome
-    from tolclip.curate.stats import CATALOG_COLUMNS, write_reports
+    from tolclip.curate.stats import CATALOG_COLUMNS
 
     def row(key: str, t: Taxon, common: str) -> dict:
         base = dict.fromkeys(CATALOG_COLUMNS, "")
@@ -345,7 +344,7 @@ def test_catalog_parquet_from_build_shards(tmp_path: Path) -> None:
         }
 
     rows = [row("a", TREE[0], ""), row("b", TREE[0], "raven"), row("c", TREE[5], ""), row("d", TREE[0], "")]
-    write_reports(tmp_path, rows, Outcome(), Outcome(), {})
+    write_catalog(tmp_path, rows)
     for source in (tmp_path, tmp_path / "catalog.parquet", tmp_path / "catalog.csv"):
         taxa = read_taxa(source)
         assert [t.ranks for t in taxa.taxa] == [TREE[0].ranks, TREE[5].ranks], source

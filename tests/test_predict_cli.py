@@ -32,6 +32,7 @@ from helpers import (
     colour_image,
     prediction_files,
     run_cli,
+    write_catalog,
 )
 
 TOLCLIP = Path(sys.executable).with_name("tolclip")
@@ -496,8 +497,7 @@ def test_the_default_model_is_the_newest_run(env, project, tmp_path, monkeypatch
 
 
 def test_a_run_on_built_shards_uses_their_catalog(env, tmp_path, capsys) -> None:
-    from tolclip.curate.entries import Outcome
-    from tolclip.curate.stats import CATALOG_COLUMNS, write_reports
+    from tolclip.curate.stats import CATALOG_COLUMNS
 
     shards = tmp_path / "data" / "shards"
     (shards / "train").mkdir(parents=True)
@@ -505,7 +505,7 @@ def test_a_run_on_built_shards_uses_their_catalog(env, tmp_path, capsys) -> None
         {**dict.fromkeys(CATALOG_COLUMNS, ""), "key": k, "train_small": False, "genus": g, "species": s}
         for k, g, s in [("a", "Corvus", "corax"), ("b", "Pica", "pica"), ("c", "Corvus", "corax")]
     ]
-    write_reports(shards, rows, Outcome(), Outcome(), {})
+    write_catalog(shards, rows)
     data = {"train_shards": "${paths.data_dir}/shards/train/shard-{000000..000003}.tar"}
     run = fake_run(tmp_path, "run", data)
     code, out, err = cli(capsys, "predict", env["photos"], "--model", run, "--format", "json", *QUIET)
