@@ -7,7 +7,7 @@ TOLCLIP := $(VENV)/bin/tolclip
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install build-shards train eval eval-suite random-openclip test test-heavy test-browser test-ray test-fast lint format sweep-text-types sweep-text-types-real hparams-search notebooks bench bench-train bench-shards bench-decode bench-eval bench-predict clean
+.PHONY: help install build-shards train eval eval-suite random-openclip test test-heavy test-browser test-ray test-fast lint format sweep-text-types sweep-text-types-real hparams-search notebooks bench bench-train bench-shards bench-decode bench-dedup bench-eval bench-predict clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -90,7 +90,7 @@ sweep-text-types-real: $(STAMP) ## the ablation on real photos (../shared/data):
 	$(TOLCLIP) train -m experiment=text_type_real data.text_type=$(TEXT_TYPES) seed=$(REAL_SEEDS) hydra.sweep.dir=logs/sweep-text-types-real $(ARGS)
 	$(TOLCLIP) report logs/sweep-text-types-real
 
-bench: bench-train bench-shards bench-decode bench-eval bench-predict ## all benchmarks
+bench: bench-train bench-shards bench-decode bench-dedup bench-eval bench-predict ## all benchmarks
 
 bench-train: $(STAMP) ## training samples/s: tolclip vs open_clip (caption-length and full-context tokens); end to end from shards vs model only; feature-cache accumulation vs one big batch
 	$(PY) scripts/bench_train.py $(ARGS)
@@ -101,6 +101,9 @@ bench-train: $(STAMP) ## training samples/s: tolclip vs open_clip (caption-lengt
 bench-shards: $(STAMP) ## shard builder images/s vs Pillow-only decode/resize/encode, per worker count: 224-px butterflies; mushroom photos at 64 px (reduced-scale decode)
 	$(PY) scripts/bench_shards.py $(ARGS)
 	$(PY) scripts/bench_shards.py --root ../shared/data/sources/mushrooms/images/train --images 400 --size 64 $(ARGS)
+
+bench-dedup: $(STAMP) ## near-duplicate index: µs per image as it grows to 1M kept images (docs/curation-at-scale.md)
+	$(PY) scripts/bench_dedup.py $(ARGS)
 
 DECODE_SOURCES ?= ../shared/data/sources
 bench-decode: $(STAMP) ## reduced-scale JPEG decoding: images/s vs full decode, PSNR and pHash change (../shared/data)

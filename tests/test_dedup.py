@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import random
 from pathlib import Path
 
 import numpy as np
@@ -181,3 +182,21 @@ def test_phash_of_encoded_bytes_matches_decoded_image() -> None:
     buf = io.BytesIO()
     image.save(buf, format="PNG")
     assert perceptual_hash(load_image(buf.getvalue())) == perceptual_hash(image)
+
+
+def test_the_vectorised_candidate_check_agrees_with_the_loop_and_brute_force(monkeypatch) -> None:
+    rng = random.Random(3)
+    hashes = [rng.getrandbits(64) for _ in range(3000)]
+    index = NearDuplicateIndex()
+    for i, h in enumerate(hashes):
+        index.add(f"k{i}", h)
+    queries = [h ^ (1 << 3) ^ (1 << 40) for h in hashes[:50]] + [rng.getrandbits(64) for _ in range(50)]
+    loop = [index.entries(q, 12) for q in queries]
+    monkeypatch.setattr(NearDuplicateIndex, "VECTOR_FROM", 0)  # every query through numpy
+    vector = [index.entries(q, 12) for q in queries]
+    brute = [
+        sorted(((h ^ q).bit_count(), i) for i, h in enumerate(hashes) if (h ^ q).bit_count() <= 12)
+        for q in queries
+    ]
+    assert vector == loop == brute
+    assert all(found for found in vector[:50])

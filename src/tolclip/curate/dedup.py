@@ -171,19 +171,37 @@ class NearDuplicateIndex:
         if max_distance < 0:
             return []
         radius = max_distance // self.bands
+        buckets = [
+            bucket
+            for table, value in zip(self._tables, self._band_values(h), strict=True)
+            for probe in self._probes(value, radius)
+            if (bucket := table.get(probe)) is not None
+        ]
+        if sum(map(len, buckets)) > self.VECTOR_FROM:
+            return self._entries_numpy(h, max_distance, buckets)
         seen: set[int] = set()
         found: list[tuple[int, int]] = []
-        for table, value in zip(self._tables, self._band_values(h), strict=True):
-            for probe in self._probes(value, radius):
-                for entry in table.get(probe, ()):
-                    if entry in seen:
-                        continue
+        for bucket in buckets:
+            for entry in bucket:
+                if entry not in seen:
                     seen.add(entry)
                     d = hamming(h, self._hashes[entry])
                     if d <= max_distance:
                         found.append((d, entry))
         found.sort()
         return found
+
+    # Candidates per query grow with the index (68 buckets of about entries / 65,536 each): past this
+    # many, numpy checks them in one pass instead of a Python loop.
+    VECTOR_FROM = 256
+
+    def _entries_numpy(self, h: int, max_distance: int, buckets: list[array]) -> list[tuple[int, int]]:
+        entries = np.unique(np.concatenate([np.frombuffer(b, dtype=np.uint32) for b in buckets]))
+        hashes = np.frombuffer(self._hashes, dtype=np.uint64)
+        distances = np.bitwise_count(hashes[entries] ^ np.uint64(h))
+        del hashes  # a live view would stop the array from growing
+        keep = distances <= max_distance
+        return sorted(zip(distances[keep].tolist(), entries[keep].tolist(), strict=True))
 
     def matches(self, h: int, max_distance: int = DEFAULT_MAX_DISTANCE) -> list[tuple[str, int]]:
         """(key, distance) of every stored hash within `max_distance`, nearest first."""
