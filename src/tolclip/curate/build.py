@@ -70,25 +70,22 @@ def build(config: dict[str, Any] | BuildConfig) -> dict[str, Any]:
 
 
 def _build_locked(cfg: BuildConfig) -> dict[str, Any]:
-    prepare_out_dir(cfg)
-    progress = Progress(cfg)
+    # Everything that can fail on a bad setting (taxonomy backend, eval images, executor, cluster)
+    # fails before the first write into out_dir.
     resolver = Resolver(_taxonomy_backend(cfg.taxonomy))
     exclusion = _eval_exclusion(cfg)
-    run = BuildRun(cfg, progress, resolver)
-    executor = open_executor(
-        cfg.executor,
-        cfg.workers,
-        init_worker,
-        image_settings(cfg, exclusion),
-        cfg.ray_address,
-        cfg.task_timeout,
-    )
-    try:
-        with executor:
-            set_sizes = run.execute(executor)
-    except BaseException:
-        run.abandon()
-        raise
+    settings = image_settings(cfg, exclusion)
+    with open_executor(
+        cfg.executor, cfg.workers, init_worker, settings, cfg.ray_address, cfg.task_timeout
+    ) as ex:
+        prepare_out_dir(cfg)
+        progress = Progress(cfg)
+        run = BuildRun(cfg, progress, resolver)
+        try:
+            set_sizes = run.execute(ex)
+        except BaseException:
+            run.abandon()
+            raise
     resolver.write_report(cfg.out_dir / "resolution_report.csv")
     stats = run.reports.finish(resolver.summary(), set_sizes)
     verify_shards(cfg.out_dir)
