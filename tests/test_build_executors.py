@@ -7,14 +7,13 @@ The Ray cases are marked `ray` (`make test-ray`); they share one local Ray insta
 from __future__ import annotations
 
 import csv
-import subprocess
-import sys
 import tarfile
 from pathlib import Path
 
 import pytest
 
-from test_build import ROOT, _config, _snapshot, make_sources
+from test_build import _config, _snapshot, make_sources
+from test_faults_build import _cli_build
 from tolclip.curate import build as build_module
 from tolclip.curate.build import build
 from tolclip.curate.check import check
@@ -106,20 +105,11 @@ def test_an_unreachable_cluster_is_one_line_before_anything_is_written(
 ) -> None:
     pytest.importorskip("ray", reason="Ray is not installed: pip install -e '.[ray]' (make test-ray does)")
     out = tmp_path / "out"
-    src = f"{{kind: image_folder, source: mini, root: {sources['root']}, names_table: {sources['names']}}}"
-    cmd = [
-        sys.executable,
-        "-m",
-        "tolclip.cli.build",
-        f"build.out_dir={out}",
-        f"build.sources=[{src}]",
-        "build.executor=ray",
-        "build.ray_address=127.0.0.1:1",
-        "build.progress=false",
-        f"hydra.run.dir={tmp_path / 'hydra'}",
-    ]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2, proc.stderr
-    (line,) = proc.stderr.strip().splitlines()
+    proc = _cli_build(
+        sources["root"], out, tmp_path, "ray", "build.executor=ray", "build.ray_address=127.0.0.1:1"
+    )
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 2, stderr
+    (line,) = stderr.strip().splitlines()
     assert line.startswith("tolclip build-shards: error: cannot reach the Ray cluster at 127.0.0.1:1")
     assert [p.name for p in out.iterdir()] == [".lock"]

@@ -89,7 +89,7 @@ def _config(source: Path, out: Path, **over: object) -> dict:
     return {**cfg, **over}
 
 
-def _cli_build(source: Path, out: Path, tmp_path: Path, tag: str) -> subprocess.Popen:
+def _cli_build(source: Path, out: Path, tmp_path: Path, tag: str, *overrides: str) -> subprocess.Popen:
     src = f"{{kind: image_folder, source: mini, root: {source}, names_table: {source / 'names.csv'}}}"
     cmd = [
         sys.executable,
@@ -101,6 +101,7 @@ def _cli_build(source: Path, out: Path, tmp_path: Path, tag: str) -> subprocess.
         "build.workers=1",
         "build.progress=false",
         f"hydra.run.dir={tmp_path / ('hydra_' + tag)}",
+        *overrides,
     ]
     env = {**os.environ, "TOLCLIP_ROOT": str(ROOT)}
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
