@@ -18,7 +18,6 @@ from tolclip.core.resources import CONFIG_PATH
 from tolclip.curate.build import build
 from tolclip.curate.check import check
 from tolclip.curate.config import BuildError
-from tolclip.evaluation.wandb_runs import log_job, scalars
 
 # The statistics printed after a build (stats.json has them all).
 SUMMARY_KEYS = (
@@ -46,9 +45,17 @@ def main(cfg: DictConfig) -> None:
     summary = {k: stats[k] for k in SUMMARY_KEYS}
     print(json.dumps(summary, indent=1))
     print(f"wrote {build_cfg['out_dir']}")
-    log_job(
-        cfg.get("wandb"), "build-shards", cfg.paths.output_dir, str(cfg.task_name), lambda: scalars(summary)
-    )
+    if (cfg.get("wandb") or {}).get("enabled"):
+        # Imported only when asked for: the evaluation package imports torch, which a build never needs.
+        from tolclip.evaluation.wandb_runs import log_job, scalars
+
+        log_job(
+            cfg.get("wandb"),
+            "build-shards",
+            cfg.paths.output_dir,
+            str(cfg.task_name),
+            lambda: scalars(summary),
+        )
 
 
 def check_main(argv: list[str] | None = None) -> int:

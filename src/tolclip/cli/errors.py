@@ -26,7 +26,7 @@ from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
 from tolclip.cli import run_folder  # registers ${run_id:} (hydra.run.dir) before any Hydra command composes
-from tolclip.data.stream import DataError
+from tolclip.data.errors import DataError
 
 USER_ERRORS = (
     FileNotFoundError,

@@ -15,8 +15,6 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import webdataset as wds
-
 from tolclip.core.captions import all_captions
 from tolclip.core.taxonomy import SpeciesKey, Taxon, species_key
 
@@ -235,6 +233,9 @@ def shard_spec(paths: list[Path]) -> str:
 
 def iter_records(url: str) -> Iterator[dict]:
     """Raw records of one local shard, for tools and tests (training uses the DataModule)."""
+    # Imported here: webdataset imports torch (seconds, ~500 MB), which writing shards never needs.
+    import webdataset as wds
+
     yield from wds.WebDataset(url, shardshuffle=False)
 
 

@@ -47,6 +47,7 @@ from webdataset.tariterators import group_by_keys, tar_file_expander
 from tolclip.core.captions import CAPTION_FILES, caption
 from tolclip.core.taxonomy import Taxon
 from tolclip.core.tokenizer import get_tokenizer
+from tolclip.data.errors import DataError
 from tolclip.data.images import ImageError, load_image
 from tolclip.data.mixing import require_resampled
 from tolclip.data.pipe import DEFAULT_TIMEOUT as DEFAULT_PIPE_TIMEOUT
@@ -96,21 +97,6 @@ def _worker_info() -> tuple[int, int, int, int]:
     info = get_worker_info()
     worker, workers = (info.id, info.num_workers) if info else (0, 1)
     return rank, world, worker, workers
-
-
-class DataError(RuntimeError):
-    """A stream that cannot give usable samples: one line naming the shards and the reasons."""
-
-    def __init__(self, message: str) -> None:
-        # The DataLoader re-raises a worker's exception in the main process as
-        # DataError("Caught DataError in DataLoader worker process 0.\nOriginal Traceback ...").
-        # Keep our own line as the message; the worker's traceback stays beside it.
-        self.worker_traceback = ""
-        if message.startswith("Caught DataError"):
-            self.worker_traceback = message
-            last = [line for line in message.splitlines() if line.strip()][-1]
-            message = last.split("DataError: ", 1)[-1]
-        super().__init__(message)
 
 
 class _BadSample(Exception):
