@@ -2,8 +2,8 @@
 
 The issue asked for under 150 MB; the list-based builder before the streaming one grew 121-128 MB
 from 5,000 to 50,000 images here, so 150 would not tell them apart. The streaming builder grew
-69-86 MB (per kept image it holds only its dedup entry, about 120 bytes; the rest is the allocator's
-arenas and the import-time baseline moving).
+58-86 MB (per kept image it holds only its dedup entry, about 126 bytes, and a manifest's 16-byte id
+digest; the rest is the allocator's arenas and pyarrow's pool for the catalog's parquet copy).
 
 Both builds run in fresh processes through `scripts/measure_build_memory.py` (the same generator and
 runner as the script), on generated sets of 5,000 and 50,000 small distinct images over 50 and 500
