@@ -7,12 +7,12 @@ enough to end every build. Both report problems as lines and never raise on a da
 from __future__ import annotations
 
 import csv
-import hashlib
 import os
 import tarfile
 from collections import defaultdict
 from pathlib import Path
 
+from tolclip.core.hashing import sha256_hex
 from tolclip.curate.splits import TRAIN_SMALL
 from tolclip.data.images import ImageError, load_image
 from tolclip.data.shards import decode_taxon, has_tar_end, ustar_member_names
@@ -67,7 +67,7 @@ _MOD = 1 << 64
 
 
 def _key_digest(key: str) -> int:
-    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big")
+    return int(sha256_hex(key)[:16], 16)
 
 
 def _group(shard: str) -> str:

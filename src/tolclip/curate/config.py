@@ -28,7 +28,6 @@ _RUN_ONLY = (
 # What `out_dir/cache` holds; part of the resume fingerprint, so a cache written in another layout is never
 # mixed into a new build (2: the spool of encoded samples; 3: the streaming builder's journal).
 CACHE_FORMAT = 3
-EXECUTORS = ("local", "ray")
 
 
 class BuildError(Exception):
@@ -106,12 +105,9 @@ class BuildConfig:
             raise BuildError("'train_small' is derived from train (train_small_fraction); not a split name")
         if self.min_rank is not None and self.min_rank not in RANKS:
             raise BuildError(f"min_rank must be one of {list(RANKS)} or null, not {self.min_rank!r}")
-        if self.executor not in EXECUTORS:
-            raise BuildError(f"executor must be one of {list(EXECUTORS)}, not {self.executor!r}")
-        if self.workers < 0 or self.chunk_size < 1:
-            raise BuildError(
-                f"workers must be >= 0 and chunk_size >= 1, not {self.workers}, {self.chunk_size}"
-            )
+        # executor, workers and task_timeout are checked by `open_executor`, before anything is written.
+        if self.chunk_size < 1:
+            raise BuildError(f"chunk_size must be >= 1, not {self.chunk_size}")
         if not 0 <= self.train_small_fraction <= 1:
             raise BuildError(f"train_small_fraction must be in [0, 1], not {self.train_small_fraction}")
 

@@ -114,8 +114,7 @@ class ScanLog:
         cache.mkdir(parents=True, exist_ok=True)
         self.path = cache / SCAN_FILE
         self._old: Iterator[tuple[int, str]] | None = None
-        self.had_previous = resume and self.path.exists() and self.path.stat().st_size > 0
-        if self.had_previous:
+        if resume and self.path.exists() and self.path.stat().st_size > 0:
             self._old = _complete_lines(self.path)
         else:
             self.path.write_bytes(b"")

@@ -112,14 +112,21 @@ def remove_build_files(out: Path, split_dirs: Sequence[str]) -> None:
     for name in split_dirs:
         folder = out / name
         if folder.is_dir():
-            for path in [*folder.glob("shard-*.tar"), *folder.glob(".tmp-*")]:
-                shutil.rmtree(path) if path.is_dir() else path.unlink()
+            for path in folder.glob("shard-*.tar"):
+                path.unlink()
+            remove_temp_files(folder)
             _remove_if_empty(folder)
     cache = out / CACHE_DIR
     if cache.is_dir():
         for name in (RESULTS_FILE, SCAN_FILE, *LEGACY_CACHE_FILES):
             (cache / name).unlink(missing_ok=True)
         _remove_if_empty(cache)
+
+
+def remove_temp_files(folder: Path) -> None:
+    """Remove the `.tmp-*` shard files (or, from older builds, folders) an interrupted build left."""
+    for path in folder.glob(".tmp-*"):
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 
 def _remove_if_empty(folder: Path) -> None:

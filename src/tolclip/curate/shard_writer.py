@@ -14,12 +14,11 @@ for, then appended to again. The result equals an uninterrupted build's byte for
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 from typing import BinaryIO
 
 from tolclip.curate.config import BuildConfig, BuildError
-from tolclip.curate.progress import Progress
+from tolclip.curate.progress import Progress, remove_temp_files
 from tolclip.data.shards import tar_end
 
 
@@ -129,8 +128,7 @@ class ShardSets:
         for stream in self.streams.values():
             stream.finish()
         for name in self.streams:
-            for stale in (self.cfg.out_dir / name).glob(".tmp-*"):
-                shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
+            remove_temp_files(self.cfg.out_dir / name)
         return {name: s.total for name, s in self.streams.items()}
 
     def abandon(self) -> None:

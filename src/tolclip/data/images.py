@@ -211,11 +211,13 @@ def _draft_reduced(
     """
     if image.format not in ("JPEG", "MPO"):
         return None
+    width, height = image.size
+    if all(reduced_decode_scale(width, height, *reduce_for, orientation=o) == 1 for o in (1, 6)):
+        return None  # too small in either orientation: skip parsing EXIF (most web-sized images)
     try:
         orientation = int(image.getexif().get(0x0112, 1))
     except Exception:  # malformed EXIF: decode at full size; exif_transpose reports the error later
         return None
-    width, height = image.size
     upright = (height, width) if orientation in _SWAPS_AXES else (width, height)
     divides = scale_divides(*upright) if scale_divides is not None else None
     scale = reduced_decode_scale(width, height, *reduce_for, orientation=orientation, divides=divides)
