@@ -8,7 +8,12 @@ machine noise hits all alike); medians are printed:
   builder's quality, bytes returned to the parent.
 * ``stage``: the builder's image stage as `build()` runs it: `tolclip.curate.image_worker.process_chunk`
   (decode with all checks, resize, encode, SHA-256, pHash, tar members) through the builder's
-  executor and ordered window, results back in the parent.
+  executor and ordered window, results back in the parent (tar members through spill files, as the
+  builder's local pool hands them over).
+
+`--reencode always` makes the builder re-encode every image as the limit does; the default, ``auto``,
+stores a JPEG already at the stored size as it is (`tolclip.data.images.original_fits`), which on the
+default 224-px set skips the encode for every image.
 * ``build``: the whole `tolclip.curate.build.build()` on a manifest of those images (scan, taxonomy
   resolution, image stage, dedup, split, shard writing, catalog, stats), `progress=false`.
 
@@ -42,7 +47,7 @@ from tolclip.core.taxonomy import Taxon
 from tolclip.curate.build import build
 from tolclip.curate.config import BuildConfig
 from tolclip.curate.executor import open_executor, ordered_map
-from tolclip.curate.image_worker import image_settings, init_worker, process_chunk
+from tolclip.curate.image_worker import image_settings, init_worker, process_chunk, unspill
 from tolclip.curate.sources import IMAGE_EXTENSIONS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -95,19 +100,32 @@ def run_stage(paths: list[str], workers: int, size: int, quality: int, chunk: in
     """The image stage of `build()` alone: `process_chunk` over chunks of tasks through the same
     executor and ordered window the builder uses (no dedup, journal or shard writes)."""
     cfg = BuildConfig(
-        out_dir=tmp, sources=[{}], quality=quality, resize={"mode": "squash", "size": size}, progress=False
+        out_dir=tmp,
+        sources=[{}],
+        quality=quality,
+        resize={"mode": "squash", "size": size},
+        reencode=REENCODE[0],
+        progress=False,
     )
     taxon = Taxon.clean(genus="Danaus", species="plexippus")  # the label does not change the image work
     tasks = [(f"k{i:06d}", p, taxon, "bench", str(i)) for i, p in enumerate(paths)]
     chunks = [tasks[i : i + chunk] for i in range(0, len(tasks), chunk)]
+    spill = Path(tempfile.mkdtemp(dir=tmp)) if workers >= 1 else None  # as the builder hands results over
     t = time.perf_counter()
-    with open_executor("local", workers, init_worker, image_settings(cfg, None)) as ex:
-        results = [r for rs in ordered_map(ex, process_chunk, iter(chunks), max(2, 2 * workers)) for r in rs]
+    results = []
+    with open_executor("local", workers, init_worker, image_settings(cfg, None, spill)) as ex:
+        for rs in ordered_map(ex, process_chunk, iter(chunks), max(2, 2 * workers)):
+            if (spilled := unspill(rs)) is not None:
+                spilled.unlink()
+            results += [{k: v for k, v in r.items() if k != "blob"} for r in rs]
     dt = time.perf_counter() - t
     bad = [r for r in results if not r["ok"]]
     assert len(results) == len(paths) and not bad, bad[:3]
     return len(paths) / dt
 
+
+# The builder's re-encode policy for both builder sides (--reencode; the builder's default first).
+REENCODE = ["auto"]
 
 # Taxonomy backend of the builds: taxoniq (default), or a table (for a machine without taxoniq's
 # databases; --write-taxonomy-table makes one for the chosen images where taxoniq is installed).
@@ -122,6 +140,7 @@ def build_config(manifest: Path, out: Path, workers: int, size: int, quality: in
         "chunk_size": chunk,
         "resize": {"mode": "squash", "size": size},
         "quality": quality,
+        "reencode": REENCODE[0],
         "progress": False,
         "taxonomy": TAXONOMY,
     }
@@ -213,7 +232,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds per side and worker count")
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--quality", type=int, default=95)
-    ap.add_argument("--chunk-size", type=int, default=16, help="imap chunk size (the builder's default)")
+    ap.add_argument("--chunk-size", type=int, default=64, help="imap chunk size (the builder's default)")
     ap.add_argument(
         "--upscale-to",
         type=int,
@@ -221,7 +240,15 @@ def main() -> None:
         help="first write every chosen image upscaled to this longer side (JPEG q90) into a temp folder and "
         "run on those: large photos, where the builder decodes at reduced scale",
     )
+    ap.add_argument(
+        "--reencode",
+        choices=["auto", "always"],
+        default="auto",
+        help="the builder's build.reencode: auto keeps a JPEG already at the stored size as it is (the "
+        "default), always re-encodes every image as the limit does",
+    )
     args = ap.parse_args()
+    REENCODE[0] = args.reencode
 
     if not args.root.is_dir():
         sys.exit(
@@ -273,7 +300,8 @@ def run_all(args: argparse.Namespace, images: list[tuple[str, str]]) -> None:
     )
     print(
         f"images: {n} files ({mb:.1f} MB, first {first}) from {args.root}; "
-        f"squash {args.size}x{args.size} BICUBIC, JPEG q{args.quality}, chunk {args.chunk_size}"
+        f"squash {args.size}x{args.size} BICUBIC, JPEG q{args.quality}, chunk {args.chunk_size}, "
+        f"builder reencode={args.reencode}"
     )
 
     with tempfile.TemporaryDirectory(prefix="bench_shards_") as tmpdir:

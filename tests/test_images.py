@@ -13,10 +13,12 @@ from PIL import Image
 
 from tolclip.curate.dedup import hamming, perceptual_hash
 from tolclip.data.images import (
+    MAX_KEPT_METADATA,
     ImageError,
     encode,
     load_image,
     normalise,
+    original_fits,
     reduced_decode_scale,
     resize,
     resized_size,
@@ -466,3 +468,53 @@ def test_the_decode_scale_can_be_held_to_divisors_of_a_number() -> None:
     assert reduced_decode_scale(2048, 1536, "squash", 224, divides=18) == 2
     assert reduced_decode_scale(2048, 1536, "squash", 224, divides=9) == 1
     assert reduced_decode_scale(2048, 1536, "squash", 224, divides=0) == 1
+
+
+# --- storing a conforming JPEG as it is (build.reencode=auto) ------------------------------------------
+
+
+def _fits(data: bytes, mode: str = "squash", size: int = 64, quality: int = 95) -> bool:
+    image = load_image(data, reduce_for=(mode, size))
+    return original_fits(data, image, resize(image, mode, size), quality)
+
+
+def test_a_jpeg_already_at_the_stored_size_and_coarser_than_quality_is_kept() -> None:
+    photo = _synthetic(64, 64, seed=3)
+    assert _fits(_jpeg(photo, quality=75))
+    assert _fits(_jpeg(photo, quality=95))  # libjpeg's own q95 tables: equal is coarse enough
+    assert not _fits(_jpeg(photo, quality=75), quality=70)  # finer than asked: re-encode shrinks it
+    assert not _fits(_jpeg(photo, quality=100))
+    # shorter_side keeps a small image as it is, so its file can be kept too; squash resizes it.
+    small = _jpeg(_synthetic(48, 40, seed=4), quality=80)
+    assert _fits(small, mode="shorter_side", size=64)
+    assert not _fits(small, mode="squash", size=64)
+    assert _fits(small, mode="none")
+
+
+def test_a_jpeg_whose_pixels_or_bytes_are_not_the_stored_ones_is_re_encoded() -> None:
+    photo = _synthetic(64, 64, seed=5)
+    buf = io.BytesIO()
+    photo.save(buf, format="JPEG", quality=75, subsampling=0)  # 4:4:4: more chroma than our 4:2:0
+    assert not _fits(buf.getvalue())
+    assert not _fits(_jpeg(photo, orientation=6, quality=75))  # rotated on load: not the file's pixels
+    assert not _fits(_jpeg(photo, quality=75) + b"trailing bytes")  # nothing may follow the end marker
+    buf = io.BytesIO()
+    photo.save(buf, format="JPEG", quality=75, comment=b"x" * (MAX_KEPT_METADATA + 1))
+    assert not _fits(buf.getvalue())
+    buf = io.BytesIO()
+    photo.convert("L").save(buf, format="JPEG", quality=75)  # stored as RGB: its bytes are not
+    assert not _fits(buf.getvalue())
+    buf = io.BytesIO()
+    photo.save(buf, format="PNG")
+    assert not _fits(buf.getvalue())
+    big = _jpeg(_synthetic(512, 512, seed=6), quality=75)  # decoded at reduced scale, then resized
+    assert not _fits(big)
+
+
+def test_a_kept_jpeg_has_exactly_the_pixels_the_builder_hashed_and_a_re_encode_would_not() -> None:
+    data = _jpeg(_synthetic(64, 64, seed=7), quality=80)
+    image = load_image(data)  # what the builder hashes
+    with Image.open(io.BytesIO(data)) as kept:  # what a reader of the kept file decodes
+        assert np.array_equal(np.asarray(image), np.asarray(kept.convert("RGB")))
+    with Image.open(io.BytesIO(encode(image, 95))) as again:
+        assert _psnr(again.convert("RGB"), image) < 60  # a second generation of JPEG loss

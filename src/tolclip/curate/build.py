@@ -43,7 +43,7 @@ from tolclip.curate.config import BuildConfig, BuildError
 from tolclip.curate.dedup import Deduplicator, EvalExclusion
 from tolclip.curate.entries import Entry
 from tolclip.curate.executor import open_executor, ordered_map
-from tolclip.curate.image_worker import image_settings, init_worker, process_chunk
+from tolclip.curate.image_worker import SPILL_DIR, image_settings, init_worker, process_chunk, unspill
 from tolclip.curate.journal import (
     CACHE_DIR,
     Journal,
@@ -74,18 +74,23 @@ def _build_locked(cfg: BuildConfig) -> dict[str, Any]:
     # fails before the first write into out_dir.
     resolver = Resolver(_taxonomy_backend(cfg.taxonomy))
     exclusion = _eval_exclusion(cfg)
-    settings = image_settings(cfg, exclusion)
+    # A local pool's workers hand tar members over in files (cheaper than the pipe); Ray's object store
+    # moves them itself, and in this process there is nothing to hand over.
+    spill = cfg.out_dir / CACHE_DIR / SPILL_DIR if cfg.executor == "local" and cfg.workers >= 1 else None
+    settings = image_settings(cfg, exclusion, spill)
     with open_executor(
         cfg.executor, cfg.workers, init_worker, settings, cfg.ray_address, cfg.task_timeout
     ) as ex:
         prepare_out_dir(cfg)
         progress = Progress(cfg)
-        run = BuildRun(cfg, progress, resolver)
+        run = BuildRun(cfg, progress, resolver, spill)
         try:
             set_sizes = run.execute(ex)
         except BaseException:
             run.abandon()
             raise
+    if spill is not None:
+        shutil.rmtree(spill, ignore_errors=True)  # empty: every chunk's file went once it was placed
     resolver.write_report(cfg.out_dir / "resolution_report.csv")
     stats = run.reports.finish(resolver.summary(), set_sizes)
     verify_shards(cfg.out_dir)
@@ -113,9 +118,14 @@ def verify_shards(out: Path) -> None:
 class BuildRun:
     """One build's streaming state: the logs, the reports, the open shards and the duplicate index."""
 
-    def __init__(self, cfg: BuildConfig, progress: Progress, resolver: Resolver) -> None:
+    def __init__(
+        self, cfg: BuildConfig, progress: Progress, resolver: Resolver, spill: Path | None = None
+    ) -> None:
         cache = cfg.out_dir / CACHE_DIR
         self.cfg, self.resolver = cfg, resolver
+        if spill is not None:  # an interrupted build's spill files were never journalled: start afresh
+            shutil.rmtree(spill, ignore_errors=True)
+            spill.mkdir(parents=True)
         self.scan_log = ScanLog(cache, cfg.resume)
         self.journal = Journal(cache, cfg.resume)
         self.reports = Reports(cfg.out_dir, cache, [*cfg.splits, cfg.holdout_split])
@@ -241,9 +251,12 @@ class BuildRun:
         for results in _track(
             ordered_map(executor, process_chunk, tasks(), window), "images", self.cfg.progress
         ):
+            spill_file = unspill(results)
             done = iter(results)
             for e in chunks.popleft():
                 yield e, None if e.fate else next(done), False
+            if spill_file is not None:  # every blob of the chunk is in its shard (or was not kept)
+                spill_file.unlink()
 
     def decide(self, e: Entry, result: dict[str, Any] | None) -> None:
         """Report an entry's fate, skip a bad image, exclude a leak or duplicate, else place the sample."""

@@ -49,7 +49,7 @@ def check_catalog(directory: str | os.PathLike) -> list[str]:
     problems: list[str] = []
     try:
         expected = _catalog_digests(root / CATALOG)
-    except (OSError, ValueError, KeyError) as err:
+    except (OSError, ValueError, KeyError, IndexError) as err:  # IndexError: a row short of a column
         return [f"{CATALOG}: unreadable ({err.__class__.__name__}: {err})"]
     got: dict[str, list[int]] = {}
     for name, shard in _shards(root):
@@ -80,12 +80,19 @@ def _catalog_digests(catalog: Path) -> dict[str, list[int]]:
     """Shard (train_small: one group) -> [count, digest] of the keys catalog.csv puts there."""
     out: dict[str, list[int]] = {}
     with catalog.open(newline="", encoding="utf-8") as fh:
-        for row in csv.DictReader(fh):
-            groups = [row["shard"], *([f"{TRAIN_SMALL}/"] if row.get("train_small") == "True" else [])]
+        rows = csv.reader(fh)
+        header = next(rows, [])
+        key, shard = header.index("key"), header.index("shard")
+        small = header.index("train_small") if "train_small" in header else None
+        for row in rows:
+            groups = [
+                row[shard],
+                *([f"{TRAIN_SMALL}/"] if small is not None and row[small] == "True" else []),
+            ]
             for group in groups:
                 total = out.setdefault(group, [0, 0])
                 total[0] += 1
-                total[1] = (total[1] + _key_digest(row["key"])) % _MOD
+                total[1] = (total[1] + _key_digest(row[key])) % _MOD
     return out
 
 

@@ -89,7 +89,8 @@ def perceptual_hash(image: Image.Image) -> int:
     if factor >= 2:
         image = image.reduce(factor)
     small = image.convert("L").resize((_DCT_SIZE, _DCT_SIZE), Image.Resampling.BILINEAR)
-    pixels = np.asarray(small, dtype=np.float64)
+    # tobytes + frombuffer: the same values as np.asarray(small), without its array-interface overhead.
+    pixels = np.frombuffer(small.tobytes(), dtype=np.uint8).reshape(_DCT_SIZE, _DCT_SIZE)
     coeffs = (_DCT_LOW @ pixels @ _DCT_LOW.T).ravel()
     middle = np.partition(coeffs, (31, 32))  # the median of 64 values, without np.median's overhead
     bits = coeffs > (middle[31] + middle[32]) / 2
@@ -122,7 +123,7 @@ class NearDuplicateIndex:
         self.bands = bands
         self._width = HASH_BITS // bands
         self._mask = (1 << self._width) - 1
-        self._bits = [1 << p for p in range(self._width)]
+        self._masks: dict[int, tuple[int, ...]] = {}
         self._tables: list[dict[int, array]] = [{} for _ in range(bands)]
         self._key_bytes = bytearray()
         self._key_ends = array("Q")
@@ -155,29 +156,27 @@ class NearDuplicateIndex:
                 found.append(entry)
         return entry
 
-    def _probes(self, value: int, radius: int) -> Iterator[int]:
-        yield value
-        if radius >= 1:  # the common case (d <= 7 with 4 bands): single-bit flips, no combinations
-            yield from (value ^ bit for bit in self._bits)
-        for r in range(2, radius + 1):
-            for positions in combinations(range(self._width), r):
-                flipped = value
-                for p in positions:
-                    flipped ^= 1 << p
-                yield flipped
+    def _flips(self, radius: int) -> tuple[int, ...]:
+        """The XOR masks of every band value within `radius` bits (0 first), built once per radius."""
+        masks = self._masks.get(radius)
+        if masks is None:
+            masks = self._masks[radius] = tuple(
+                sum(1 << p for p in positions)
+                for r in range(radius + 1)
+                for positions in combinations(range(self._width), r)
+            )
+        return masks
 
     def entries(self, h: int, max_distance: int = DEFAULT_MAX_DISTANCE) -> list[tuple[int, int]]:
         """(distance, entry) of every stored hash within `max_distance`, nearest first, then by
         insertion order (so the result is deterministic)."""
         if max_distance < 0:
             return []
-        radius = max_distance // self.bands
-        buckets = [
-            bucket
-            for table, value in zip(self._tables, self._band_values(h), strict=True)
-            for probe in self._probes(value, radius)
-            if (bucket := table.get(probe)) is not None
-        ]
+        flips = self._flips(max_distance // self.bands)
+        buckets = []
+        for table, value in zip(self._tables, self._band_values(h), strict=True):
+            get = table.get  # 17 probes per band at the default distance: the query's hot loop
+            buckets += [bucket for flip in flips if (bucket := get(value ^ flip)) is not None]
         if sum(map(len, buckets)) > self.VECTOR_FROM:
             return self._entries_numpy(h, max_distance, buckets)
         seen: set[int] = set()

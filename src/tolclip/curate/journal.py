@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -99,8 +100,14 @@ def input_signature(entry: Entry) -> str:
         file_sig = f"{st.st_size}:{st.st_mtime_ns}"
     except OSError:
         file_sig = "unreadable"
-    labels = [r.label, r.scientific_name, r.common_name, sorted(r.ranks.items()), r.split]
-    return f"{file_sig}:{sha256_hex(json.dumps(labels))[:12]}"
+    return f"{file_sig}:{_labels_digest(r.label, r.scientific_name, r.common_name, tuple(sorted(r.ranks.items())), r.split)}"
+
+
+@lru_cache(maxsize=4096)
+def _labels_digest(*labels: Any) -> str:
+    # Many inputs share their labels (a species, a folder): hash each combination once.
+    label, scientific, common, ranks, split = labels
+    return sha256_hex(json.dumps([label, scientific, common, [list(kv) for kv in ranks], split]))[:12]
 
 
 class ScanLog:

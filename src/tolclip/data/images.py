@@ -25,6 +25,8 @@ import io
 import os
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
+from functools import lru_cache
 from typing import Literal
 
 import numpy as np
@@ -159,17 +161,21 @@ def load_image(
                 _draft_reduced(image, reduce_for, scale_divides) if reduce_for is not None else None
             )
             _decode(image)
+            # Before the transpose, which drops the orientation tag: the file's own pixels and tags.
+            source = _jpeg_source(image) if reduced_from is None else None
             try:
-                upright = ImageOps.exif_transpose(image)
+                # In place: a copy per image (as `exif_transpose` makes even when it has nothing to do)
+                # costs the image stage 10-30 µs.
+                ImageOps.exif_transpose(image, in_place=True)
             except Exception as e:  # malformed EXIF raises assorted errors
                 raise ImageError(f"bad EXIF: {e.__class__.__name__}") from e
-            rgb = to_rgb(upright)
-            # Detach from the file: the `with` closes it, and an RGB result must not share pixels
-            # with the input image object we are about to drop.
-            rgb = rgb.copy() if rgb is image else rgb
-            if reduced_from is not None:
-                rgb.info[REDUCED_FROM] = reduced_from
-            return rgb
+            rgb = to_rgb(image)
+        # Leaving `with` closed only the file: a loaded image stays usable (Pillow >= 8.4 keeps its core).
+        if reduced_from is not None:
+            rgb.info[REDUCED_FROM] = reduced_from
+        elif source is not None and rgb is image:
+            rgb.info[JPEG_SOURCE] = source
+        return rgb
 
 
 # libjpeg's scaled inverse DCT: 1/8 averages each 8×8 block (its DC term), 1/2 and 1/4 keep the
@@ -309,6 +315,73 @@ def resized_size(width: int, height: int, mode: str, size: int) -> tuple[int, in
     target = (max(1, round(width * scale)), max(1, round(height * scale)))
     # Pin the shorter side exactly: rounding the scale must not give size±1.
     return (size, target[1]) if width <= height else (target[0], size)
+
+
+# `Image.info` key on an image `load_image` decoded from an RGB JPEG as it is (upright, full scale,
+# same pixels): what `original_fits` needs to know about the file.
+JPEG_SOURCE = "tolclip_jpeg_source"
+# EXIF, ICC, XMP and comments a kept original may carry: a few KB is a colour profile or a short EXIF
+# block; a camera's EXIF with its thumbnail (tens of KB) is worth a re-encode to drop.
+MAX_KEPT_METADATA = 4096
+_SUBSAMPLING_420 = 2  # JpegImagePlugin.get_sampling's code for 4:2:0, Pillow's default when saving
+
+
+@dataclass(frozen=True)
+class JpegSource:
+    tables: bytes  # quantization tables 0, 1, ... in Pillow's order, 64 steps each (as uint16)
+    subsampling: int
+    metadata_bytes: int
+
+
+def _jpeg_source(image: Image.Image) -> JpegSource | None:
+    """The facts `original_fits` reads, for an upright RGB JPEG (whose pixels are then the stored ones)."""
+    if image.format != "JPEG" or image.mode != "RGB" or "transparency" in image.info:
+        return None
+    try:
+        if image.getexif().get(0x0112, 1) != 1:
+            return None  # `exif_transpose` rotates it: the file's pixels are not the upright ones
+    except Exception:  # malformed EXIF: `exif_transpose` reports it
+        return None
+    from PIL import JpegImagePlugin
+
+    return JpegSource(
+        tables=_table_bytes(getattr(image, "quantization", None) or {}),
+        subsampling=JpegImagePlugin.get_sampling(image),
+        metadata_bytes=sum(len(data) for _, data in getattr(image, "applist", [])),
+    )
+
+
+def _table_bytes(tables: dict[int, list[int]]) -> bytes:
+    return np.array([tables[i] for i in sorted(tables)], dtype=np.uint16).tobytes()
+
+
+@lru_cache(maxsize=8)
+def _quality_tables(quality: int) -> np.ndarray:
+    # libjpeg's own tables for `quality`, read back from a tiny encode: the order Pillow reports them in.
+    with Image.open(io.BytesIO(encode_jpeg(Image.new("RGB", (16, 16)), quality))) as im:
+        return np.frombuffer(_table_bytes(im.quantization), dtype=np.uint16)
+
+
+def original_fits(data: bytes, image: Image.Image, stored: Image.Image, quality: int) -> bool:
+    """True when the file `data` itself can be stored for `stored` instead of `encode(stored, quality)`.
+
+    That holds for an RGB JPEG that `load_image` decoded as it is (`image`) and `resize` left as it is
+    (`stored is image`), quantized at least as coarsely as libjpeg does at `quality` in every table,
+    subsampled 4:2:0 like our encode, with little metadata and nothing after its end marker. A
+    re-encode of such a file cannot keep more detail than the file has, only lose some more, and costs
+    a third of the image stage (docs/curation-at-scale.md); img2dataset calls this skip_reencode.
+    """
+    source = image.info.get(JPEG_SOURCE)
+    if stored is not image or not isinstance(source, JpegSource):
+        return False
+    ours = _quality_tables(quality)
+    return (
+        source.subsampling == _SUBSAMPLING_420
+        and source.metadata_bytes <= MAX_KEPT_METADATA
+        and len(source.tables) == ours.nbytes
+        and bool((np.frombuffer(source.tables, dtype=np.uint16) >= ours).all())
+        and data.endswith(b"\xff\xd9")
+    )
 
 
 def encode(image: Image.Image, quality: int = 95) -> bytes:
