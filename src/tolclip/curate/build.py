@@ -31,14 +31,14 @@ from __future__ import annotations
 
 import shutil
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from glob import glob
 from itertools import chain, islice
 from pathlib import Path
 from typing import Any
 
 from tolclip.core.taxonomy import RANKS, Taxon, clean_name
-from tolclip.curate.check import check_catalog
+from tolclip.curate.check import Mapper, check_catalog
 from tolclip.curate.config import BuildConfig, BuildError
 from tolclip.curate.dedup import Deduplicator, EvalExclusion
 from tolclip.curate.entries import Entry
@@ -89,24 +89,35 @@ def _build_locked(cfg: BuildConfig) -> dict[str, Any]:
         except BaseException:
             run.abandon()
             raise
-    if spill is not None:
-        shutil.rmtree(spill, ignore_errors=True)  # empty: every chunk's file went once it was placed
-    resolver.write_report(cfg.out_dir / "resolution_report.csv")
-    stats = run.reports.finish(resolver.summary(), set_sizes)
-    verify_shards(cfg.out_dir)
+        if spill is not None:
+            shutil.rmtree(spill, ignore_errors=True)  # empty: every chunk's file went once it was placed
+        resolver.write_report(cfg.out_dir / "resolution_report.csv")
+        stats = run.reports.finish(resolver.summary(), set_sizes)
+        # A local pool lists the shards in parallel (Ray workers may not see out_dir).
+        verify_shards(cfg.out_dir, _pool_map(ex) if cfg.executor == "local" else map)
     progress.complete()
     if not cfg.keep_cache:
         shutil.rmtree(cfg.out_dir / CACHE_DIR, ignore_errors=True)
     return stats
 
 
-def verify_shards(out: Path) -> None:
+def _pool_map(executor: Any) -> Mapper:
+    """`map` on the executor, every task submitted at once (the caller works while they run)."""
+
+    def mapper(fn: Callable[[Any], Any], items: Iterable[Any]) -> Iterator[Any]:
+        pending = [executor.submit(fn, item) for item in items]
+        return (p.result() for p in pending)
+
+    return mapper
+
+
+def verify_shards(out: Path, mapper: Mapper = map) -> None:
     """Fail unless the shards hold exactly the keys catalog.csv puts in them (tar headers only, cheap).
 
     Exit 0 must mean a usable shard set: a disagreement found here would otherwise surface only in
     `check-shards`, or as silently missing samples in training.
     """
-    problems = check_catalog(out)
+    problems = check_catalog(out, mapper)
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise BuildError(

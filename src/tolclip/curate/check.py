@@ -10,7 +10,9 @@ import csv
 import os
 import tarfile
 from collections import defaultdict
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 from tolclip.core.hashing import sha256_hex
 from tolclip.curate.splits import TRAIN_SMALL
@@ -37,30 +39,44 @@ def check(directory: str | os.PathLike) -> list[str]:
     return problems
 
 
-def check_catalog(directory: str | os.PathLike) -> list[str]:
+Mapper = Callable[[Callable[[Any], Any], Iterable[Any]], Iterable[Any]]
+
+
+def check_catalog(directory: str | os.PathLike, mapper: Mapper = map) -> list[str]:
     """Whether the shards hold exactly the keys `catalog.csv` puts in them, from tar headers only.
 
     Memory stays per shard, not per sample: each shard's keys are compared as a count and an
     order-free digest; only a shard that disagrees is compared key by key (to name the keys).
+    `mapper` runs `shard_summary` over the shards (a build passes its worker pool, which lists them
+    while this process reads the catalog).
     """
     root = Path(directory)
     if not (root / CATALOG).is_file():
         return [f"{root}: no {CATALOG}"]
+    summaries = mapper(shard_summary, [(str(path), name) for name, path in _shards(root)])
     problems: list[str] = []
     try:
         expected = _catalog_digests(root / CATALOG)
     except (OSError, ValueError, KeyError, IndexError) as err:  # IndexError: a row short of a column
         return [f"{CATALOG}: unreadable ({err.__class__.__name__}: {err})"]
     got: dict[str, list[int]] = {}
-    for name, shard in _shards(root):
-        keys = _shard_keys(shard, name, problems)
+    for name, count, digest, shard_problems in summaries:
+        problems += shard_problems
         total = got.setdefault(_group(name), [0, 0])
-        total[0] += len(keys)
-        total[1] = (total[1] + sum(map(_key_digest, keys))) % _MOD
+        total[0] += count
+        total[1] = (total[1] + digest) % _MOD
     for name in sorted(set(expected) | set(got)):
         if expected.get(name) != got.get(name):
             problems += _check_against_catalog(root / CATALOG, _found_keys(root, name), only=name)
     return problems
+
+
+def shard_summary(item: tuple[str, str]) -> tuple[str, int, int, list[str]]:
+    """(name, key count, order-free key digest, problems) of one shard, from its tar headers."""
+    path, name = item
+    problems: list[str] = []
+    keys = _shard_keys(Path(path), name, problems)
+    return name, len(keys), sum(map(_key_digest, keys)) % _MOD, problems
 
 
 _MOD = 1 << 64

@@ -198,16 +198,23 @@ def ustar_member_names(path: str | os.PathLike) -> list[str]:
         while True:
             if offset + _BLOCK > end:
                 raise ValueError("no end-of-archive marker")
-            head = tar[offset : offset + _BLOCK]
-            if not any(head):
+            # Only the fields read are sliced out: copying each whole header cost as much as the rest.
+            if tar[offset] == 0 and not any(tar[offset : offset + _BLOCK]):
                 return names
             # The magic and type, not the checksum: summing 512 bytes per member in Python cost more
             # than the rest of the listing (`check` reads every shard through tarfile, checksums too).
-            if head[257:263] != b"ustar\0" or head[156:157] not in (b"0", b"\0") or head[345:346] != b"\0":
+            if (
+                tar[offset + 257 : offset + 263] != b"ustar\0"
+                or tar[offset + 156] not in _PLAIN_FILE
+                or tar[offset + 345] != 0
+            ):
                 raise ValueError("not a plain ustar file header")
-            names.append(head[:100].split(b"\0", 1)[0].decode("utf-8"))
-            size = int(head[124:135] or b"0", 8)
+            names.append(tar[offset : offset + 100].split(b"\0", 1)[0].decode("utf-8"))
+            size = int(tar[offset + 124 : offset + 135] or b"0", 8)
             offset += _BLOCK + -(-size // _BLOCK) * _BLOCK
+
+
+_PLAIN_FILE = (ord("0"), 0)  # ustar type flags of a regular file
 
 
 def has_tar_end(path: str | os.PathLike) -> bool:
