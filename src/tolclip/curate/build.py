@@ -135,7 +135,9 @@ class BuildRun:
         cache = cfg.out_dir / CACHE_DIR
         self.cfg, self.resolver = cfg, resolver
         if spill is not None:  # an interrupted build's spill files were never journalled: start afresh
-            shutil.rmtree(spill, ignore_errors=True)
+            if spill.is_dir():
+                shutil.rmtree(spill)
+            spill.unlink(missing_ok=True)
             spill.mkdir(parents=True)
         self.scan_log = ScanLog(cache, cfg.resume)
         self.journal = Journal(cache, cfg.resume)
