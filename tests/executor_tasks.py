@@ -59,3 +59,14 @@ class TwoArgs(Exception):
 
 def raise_two_args(i: int) -> int:
     raise TwoArgs(i, 2)
+
+
+class Tally:
+    """An actor with state: what it was given so far, and in which process."""
+
+    def __init__(self) -> None:
+        self.seen: list[int] = []
+
+    def add(self, value: int) -> tuple[int, list[int]]:
+        self.seen.append(value)
+        return os.getpid(), list(self.seen)

@@ -20,8 +20,11 @@ from tolclip.curate.check import check
 from tolclip.curate.splits import make_key
 
 EXECUTORS = [
-    pytest.param(("local", 2), id="local-2"),
-    pytest.param(("ray", 2), id="ray-2", marks=pytest.mark.ray),
+    pytest.param(("local", 2, 0), id="local-2"),
+    # The near-duplicate index in 3 partitions (in the driver on a local executor, as a Ray build's actors).
+    pytest.param(("local", 2, 3), id="local-2-dedup3"),
+    pytest.param(("ray", 2, 0), id="ray-2", marks=pytest.mark.ray),
+    pytest.param(("ray", 2, 2), id="ray-2-dedup2", marks=pytest.mark.ray),
 ]
 
 
@@ -32,11 +35,11 @@ def sources(tmp_path: Path) -> dict[str, Path]:
 
 @pytest.fixture(params=EXECUTORS)
 def executor(request: pytest.FixtureRequest) -> dict[str, object]:
-    kind, workers = request.param
+    kind, workers, partitions = request.param
     if kind == "ray":
         request.getfixturevalue("ray_local")
     # chunk_size 2: several tasks in flight, so results come back out of order and must be reordered.
-    return {"executor": kind, "workers": workers, "chunk_size": 2}
+    return {"executor": kind, "workers": workers, "chunk_size": 2, "dedup_partitions": partitions}
 
 
 def _members(out: Path) -> dict[str, list[str]]:

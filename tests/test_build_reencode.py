@@ -206,3 +206,13 @@ def test_an_interrupted_pool_build_drops_its_spill_files_and_resumes_to_the_same
     build(_config(sources, out, workers=1, chunk_size=2, resume=True))
     assert _snapshot(out) == _snapshot(reference)
     assert not (out / "cache").exists()
+
+
+def test_bad_dedup_partitions_are_refused_before_anything_is_written(tmp_path: Path) -> None:
+    sources = make_sources(tmp_path)
+    for value, message in [(-1, "dedup_partitions must be an integer >= 0, not -1"), ("2", "not '2'")]:
+        with pytest.raises(BuildError, match=message):
+            build(_config(sources, tmp_path / "out", dedup_partitions=value))
+    with pytest.raises(BuildError, match="dedup_partitions needs max_distance <= 7, not 8"):
+        build(_config(sources, tmp_path / "out", dedup_partitions=2, max_distance=8))
+    assert not (tmp_path / "out").exists() or not any(p.name != ".lock" for p in (tmp_path / "out").iterdir())

@@ -25,6 +25,7 @@ from tolclip.curate.config import BuildError
 from tolclip.curate.executor import open_executor, ordered_map
 
 from executor_tasks import (
+    Tally,
     TwoArgs,
     build_error,
     fail_on_3,
@@ -256,3 +257,19 @@ def test_ray_local_instance_is_started_and_shut_down() -> None:
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.split() == ["True", "False"]
+
+
+@pytest.mark.parametrize(
+    "kind",
+    ["local", pytest.param("ray", marks=[pytest.mark.ray, pytest.mark.skipif(not HAVE_RAY, reason=NO_RAY)])],
+)
+def test_actors_keep_their_state_between_calls_in_order(kind: str, request: pytest.FixtureRequest) -> None:
+    if kind == "ray":
+        request.getfixturevalue("ray_local")
+    with time_limit(120, "actors"), open_executor(kind, 1) as ex:
+        first, second = ex.actors(Tally, 2)
+        pending = [first.call("add", 1), second.call("add", 10), first.call("add", 2)]
+        results = [p.result() for p in pending]
+    assert [seen for _, seen in results] == [[1], [10], [1, 2]]
+    pids = {pid for pid, _ in results}
+    assert (pids == {os.getpid()}) is (kind == "local")  # a local executor keeps them in this process

@@ -41,6 +41,7 @@ from tolclip.core.taxonomy import RANKS, Taxon, clean_name
 from tolclip.curate.check import Mapper, check_catalog
 from tolclip.curate.config import BuildConfig, BuildError
 from tolclip.curate.dedup import Deduplicator, EvalExclusion
+from tolclip.curate.dedup_partitioned import IndexPartition, PartitionedDeduplicator
 from tolclip.curate.entries import Entry
 from tolclip.curate.executor import open_executor, ordered_map
 from tolclip.curate.image_worker import SPILL_DIR, image_settings, init_worker, process_chunk, unspill
@@ -83,7 +84,7 @@ def _build_locked(cfg: BuildConfig) -> dict[str, Any]:
     ) as ex:
         prepare_out_dir(cfg)
         progress = Progress(cfg)
-        run = BuildRun(cfg, progress, resolver, spill)
+        run = BuildRun(cfg, progress, resolver, spill, _deduplicator(cfg, ex))
         try:
             set_sizes = run.execute(ex)
         except BaseException:
@@ -130,7 +131,12 @@ class BuildRun:
     """One build's streaming state: the logs, the reports, the open shards and the duplicate index."""
 
     def __init__(
-        self, cfg: BuildConfig, progress: Progress, resolver: Resolver, spill: Path | None = None
+        self,
+        cfg: BuildConfig,
+        progress: Progress,
+        resolver: Resolver,
+        spill: Path | None = None,
+        dedup: Deduplicator | PartitionedDeduplicator | None = None,
     ) -> None:
         cache = cfg.out_dir / CACHE_DIR
         self.cfg, self.resolver = cfg, resolver
@@ -143,7 +149,7 @@ class BuildRun:
         self.journal = Journal(cache, cfg.resume)
         self.reports = Reports(cfg.out_dir, cache, [*cfg.splits, cfg.holdout_split])
         self.shards = ShardSets(cfg, progress)
-        self.dedup = Deduplicator(cfg.max_distance)
+        self.dedup = dedup if dedup is not None else Deduplicator(cfg.max_distance)
         self.excluded_species = load_excluded_species(cfg.exclude_species)
         self.holdout = load_excluded_species(cfg.holdout_species, key="holdout_species")
         self.held_found: set[str] = set()
@@ -231,7 +237,7 @@ class BuildRun:
     ) -> Iterator[tuple[Entry, dict[str, Any] | None, bool]]:
         """(entry, image result or None for an entry with a fate, replayed) in scan order: first from the
         journal of an interrupted build (no decoding), then from the executor."""
-        replay = self.journal.replay()
+        replay = self._prefetched(self.journal.replay(), 16 * self.cfg.chunk_size)
         for entry in entries:
             if entry.fate is not None:
                 yield entry, None, True
@@ -247,6 +253,13 @@ class BuildRun:
             raise journal_mismatch(self.cfg.out_dir, row["key"], "no more images")
         self.journal.open()
         yield from self._executed(entries, executor)
+
+    def _prefetched(self, rows: Iterator[dict[str, Any]], block: int) -> Iterator[dict[str, Any]]:
+        """`rows` (image results in scan order), the dedup's index asked about each block of them first:
+        one round trip per block to a partitioned index instead of one per image."""
+        while batch := list(islice(rows, block)):
+            self.dedup.prefetch((r["sha256"], r["phash"]) for r in batch if _to_dedup(r))
+            yield from batch
 
     def _executed(
         self, entries: Iterator[Entry], executor: Any
@@ -265,7 +278,7 @@ class BuildRun:
             ordered_map(executor, process_chunk, tasks(), window), "images", self.cfg.progress
         ):
             spill_file = unspill(results)
-            done = iter(results)
+            done = self._prefetched(iter(results), len(results))
             for e in chunks.popleft():
                 yield e, None if e.fate else next(done), False
             if spill_file is not None:  # every blob of the chunk is in its shard (or was not kept)
@@ -305,6 +318,19 @@ class BuildRun:
                 f"holdout_species: no kept image of {', '.join(missing)} (check the spelling, "
                 "exclude_species and limit_per_source)"
             )
+
+
+def _to_dedup(result: dict[str, Any]) -> bool:
+    """Whether `decide` asks the dedup about this image result (a good image that leaks nothing)."""
+    return bool(result["ok"]) and not result.get("leak")
+
+
+def _deduplicator(cfg: BuildConfig, executor: Any) -> Deduplicator | PartitionedDeduplicator:
+    """The driver's index, or one spread over `dedup_partitions` actors of the executor."""
+    if cfg.dedup_partitions == 0:
+        return Deduplicator(cfg.max_distance)
+    # max_distance was checked with the config, before anything was written.
+    return PartitionedDeduplicator(executor.actors(IndexPartition, cfg.dedup_partitions), cfg.max_distance)
 
 
 def _journal_row(result: dict[str, Any]) -> dict[str, Any]:

@@ -24,6 +24,7 @@ _RUN_ONLY = (
     "executor",
     "ray_address",
     "task_timeout",
+    "dedup_partitions",
 )
 # What `out_dir/cache` holds; part of the resume fingerprint, so a cache written in another layout is never
 # mixed into a new build (2: the spool of encoded samples; 3: the streaming builder's journal).
@@ -70,6 +71,9 @@ class BuildConfig:
         None  # executor=ray: an existing cluster ("auto", "ray://host:10001"), or a local one
     )
     task_timeout: float = 600.0  # seconds one task may take before the build stops with an error
+    # 0: the near-duplicate index lives in the driver; N: in N partitions (Ray actors with executor=ray),
+    # same decisions (tolclip.curate.dedup_partitioned).
+    dedup_partitions: int = 0
     limit_per_source: int | None = None
     resume: bool = False
     # A fresh build into a non-empty out_dir refuses without it; with it, only a build's own files go.
@@ -114,6 +118,12 @@ class BuildConfig:
         # executor, workers and task_timeout are checked by `open_executor`, before anything is written.
         if self.reencode not in REENCODE:
             raise BuildError(f"reencode must be one of {list(REENCODE)}, not {self.reencode!r}")
+        if isinstance(self.dedup_partitions, bool) or not isinstance(self.dedup_partitions, int):
+            raise BuildError(f"dedup_partitions must be an integer >= 0, not {self.dedup_partitions!r}")
+        if self.dedup_partitions < 0:
+            raise BuildError(f"dedup_partitions must be an integer >= 0, not {self.dedup_partitions!r}")
+        if self.dedup_partitions and self.max_distance > 7:  # the partitions probe one flipped bit per band
+            raise BuildError(f"dedup_partitions needs max_distance <= 7, not {self.max_distance}")
         if self.chunk_size < 1:
             raise BuildError(f"chunk_size must be >= 1, not {self.chunk_size}")
         if not 0 <= self.train_small_fraction <= 1:

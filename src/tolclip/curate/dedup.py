@@ -294,6 +294,9 @@ class Deduplicator:
     def add(self, key: str, data: bytes, image: Image.Image) -> str | None:
         return self.add_hashes(key, content_hash(data), lambda: perceptual_hash(image))
 
+    def prefetch(self, hashes: Iterable[tuple[str, int]]) -> None:
+        """Nothing to fetch: the index is here (`PartitionedDeduplicator` asks its partitions ahead)."""
+
     def add_hashes(self, key: str, digest: str, phash: int | Callable[[], int]) -> str | None:
         """`add` from precomputed hashes (a build keeps hashes, not images); `phash` may be a callable."""
         h = phash() if callable(phash) else phash

@@ -41,6 +41,8 @@ class Executor(Protocol):
 
     def submit(self, fn: Callable[[Any], Any], arg: Any) -> Pending: ...
 
+    def actors(self, cls: type, n: int) -> list[Any]: ...
+
     def __enter__(self) -> Executor: ...
 
     def __exit__(self, *exc: object) -> None: ...
@@ -73,6 +75,24 @@ class _Deferred:
         return value
 
 
+class _Done:
+    def __init__(self, value: Any) -> None:
+        self._value = value
+
+    def result(self) -> Any:
+        return self._value
+
+
+class LocalActor:
+    """An object in this process, called like a Ray actor: `call(method, *args).result()`."""
+
+    def __init__(self, obj: Any) -> None:
+        self.obj = obj
+
+    def call(self, method: str, *args: Any) -> Pending:
+        return _Done(getattr(self.obj, method)(*args))
+
+
 class InProcessExecutor:
     """workers == 0: every task runs in this process, at `result()` time."""
 
@@ -84,6 +104,10 @@ class InProcessExecutor:
 
     def submit(self, fn: Callable[[Any], Any], arg: Any) -> Pending:
         return _Deferred(fn, arg, self._timeout)
+
+    def actors(self, cls: type, n: int) -> list[Any]:
+        """`n` instances of `cls` with state (on a local executor: in this process)."""
+        return [LocalActor(cls()) for _ in range(n)]
 
     def __enter__(self) -> InProcessExecutor:
         return self
@@ -157,6 +181,10 @@ class PoolExecutor:
         result = self._pool.apply_async(_run_pool_task, (fn, arg))
         return _PoolPending(result, self._timeout, _what(fn, "in a worker process"))
 
+    def actors(self, cls: type, n: int) -> list[Any]:
+        """`n` instances of `cls` with state (on a local executor: in this process)."""
+        return [LocalActor(cls()) for _ in range(n)]
+
     def __enter__(self) -> PoolExecutor:
         return self
 
@@ -224,6 +252,15 @@ class _RayPending:
             self._executor.outstanding.discard(self._ref)
 
 
+class _RayActor:
+    def __init__(self, handle: Any, executor: RayExecutor, what: str) -> None:
+        self._handle, self._executor, self._what = handle, executor, what
+
+    def call(self, method: str, *args: Any) -> Pending:
+        ref = getattr(self._handle, method).remote(*args)
+        return _RayPending(ref, self._executor, f"{self._what}.{method}")
+
+
 class RayExecutor:
     """Tasks on Ray (num_cpus=1 each); `init(init_arg)` once per Ray worker process."""
 
@@ -239,6 +276,7 @@ class RayExecutor:
 
         self.timeout = timeout
         self.outstanding: set[Any] = set()
+        self._actors: list[Any] = []
         # A Ray this process already runs (a notebook's, a test session's) is used and left running.
         self._owned = False if ray.is_initialized() else _start_ray(ray, workers, address)
         try:
@@ -256,6 +294,15 @@ class RayExecutor:
         self.outstanding.add(ref)
         return _RayPending(ref, self, _what(fn, "in a Ray task"))
 
+    def actors(self, cls: type, n: int) -> list[Any]:
+        """`n` Ray actors of `cls` (no CPU reserved: they must not starve the tasks), killed on exit."""
+        import ray
+
+        remote = ray.remote(num_cpus=0)(cls)
+        handles = [remote.remote() for _ in range(n)]
+        self._actors += handles
+        return [_RayActor(h, self, f"{cls.__qualname__} actor") for h in handles]
+
     def __enter__(self) -> RayExecutor:
         return self
 
@@ -266,6 +313,9 @@ class RayExecutor:
         for ref in list(self.outstanding):
             ray.cancel(ref, force=True)
         self.outstanding.clear()
+        for actor in self._actors:
+            ray.kill(actor)
+        self._actors.clear()
         self._box.clear()
         if self._owned:
             ray.shutdown()
