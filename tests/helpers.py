@@ -85,6 +85,16 @@ def colour_image(i: int, size: int = 32) -> Image.Image:
     return Image.fromarray(arr)
 
 
+def jpeg_bytes(image: Image.Image, quality: int = 90, orientation: int = 1) -> bytes:
+    """`image` as a JPEG file's bytes, with an EXIF orientation tag unless it is 1."""
+    buf = io.BytesIO()
+    exif = Image.Exif()
+    if orientation != 1:
+        exif[0x0112] = orientation
+    image.save(buf, format="JPEG", quality=quality, exif=exif.tobytes())
+    return buf.getvalue()
+
+
 def make_samples(n: int, prefix: str = "s") -> list[Sample]:
     return [
         Sample(

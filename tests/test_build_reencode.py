@@ -19,6 +19,8 @@ from tolclip.curate.config import BuildError
 from tolclip.curate.image_worker import init_worker, process_chunk, unspill
 from tolclip.curate.splits import make_key
 
+from helpers import jpeg_bytes
+
 SIZE = 32
 
 
@@ -31,22 +33,13 @@ def _photo(seed: int, size: tuple[int, int] = (SIZE, SIZE)) -> Image.Image:
     return image
 
 
-def _jpeg(image: Image.Image, quality: int, orientation: int = 1) -> bytes:
-    buf = io.BytesIO()
-    exif = Image.Exif()
-    if orientation != 1:
-        exif[0x0112] = orientation
-    image.save(buf, format="JPEG", quality=quality, exif=exif.tobytes())
-    return buf.getvalue()
-
-
 # file name -> (bytes, kept as they are under reencode=auto)
 def _files() -> dict[str, tuple[bytes, bool]]:
     return {
-        "ready.jpg": (_jpeg(_photo(1), 75), True),  # the stored size, coarser than q95
-        "fine.jpg": (_jpeg(_photo(2), 100), False),  # finer than q95
-        "large.jpg": (_jpeg(_photo(3, (48, 48)), 75), False),  # resized
-        "rotated.jpg": (_jpeg(_photo(4).rotate(180), 75, orientation=3), False),  # upside down on disk
+        "ready.jpg": (jpeg_bytes(_photo(1), 75), True),  # the stored size, coarser than q95
+        "fine.jpg": (jpeg_bytes(_photo(2), 100), False),  # finer than q95
+        "large.jpg": (jpeg_bytes(_photo(3, (48, 48)), 75), False),  # resized
+        "rotated.jpg": (jpeg_bytes(_photo(4).rotate(180), 75, orientation=3), False),  # upside down on disk
     }
 
 
@@ -148,7 +141,7 @@ def test_spill_round_trip_and_its_errors(tmp_path: Path) -> None:
     paths = []
     for i in range(3):
         paths.append(root / f"{i}.jpg")
-        paths[-1].write_bytes(_jpeg(_photo(i), 75))
+        paths[-1].write_bytes(jpeg_bytes(_photo(i), 75))
     paths.append(root / "broken.jpg")
     paths[-1].write_bytes(b"not a JPEG")
     taxon = Taxon.clean(genus="Corvus", species="corax")
@@ -180,32 +173,6 @@ def test_spill_round_trip_and_its_errors(tmp_path: Path) -> None:
     init_worker({**settings, "spill_dir": str(tmp_path / "gone")})
     with pytest.raises(BuildError, match=r"cannot write the image stage's spill file .*gone"):
         process_chunk(tasks)
-
-
-def test_an_interrupted_pool_build_drops_its_spill_files_and_resumes_to_the_same_output(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    sources = make_sources(tmp_path)
-    reference = tmp_path / "inline"
-    build(_config(sources, reference, workers=0))
-    real = build_module.BuildRun.decide
-    decided: list[str] = []
-
-    def interrupt(run, entry, result):
-        if len(decided) == 9:
-            raise KeyboardInterrupt
-        decided.append(entry.key)
-        real(run, entry, result)
-
-    out = tmp_path / "interrupted"
-    monkeypatch.setattr(build_module.BuildRun, "decide", interrupt)
-    with pytest.raises(KeyboardInterrupt):
-        build(_config(sources, out, workers=1, chunk_size=2))
-    assert list((out / "cache" / "spill").iterdir()), "chunks were in flight"
-    monkeypatch.setattr(build_module.BuildRun, "decide", real)
-    build(_config(sources, out, workers=1, chunk_size=2, resume=True))
-    assert _snapshot(out) == _snapshot(reference)
-    assert not (out / "cache").exists()
 
 
 def test_bad_dedup_partitions_are_refused_before_anything_is_written(tmp_path: Path) -> None:

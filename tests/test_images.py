@@ -24,7 +24,7 @@ from tolclip.data.images import (
     resized_size,
 )
 
-from helpers import SHARED_DATA
+from helpers import SHARED_DATA, jpeg_bytes
 
 CAMERA = SHARED_DATA / "sources" / "camera-trap-edge"
 needs_camera = pytest.mark.skipif(
@@ -274,15 +274,6 @@ def _synthetic(width: int, height: int, seed: int = 0) -> Image.Image:
     return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
 
 
-def _jpeg(image: Image.Image, orientation: int = 1, quality: int = 90) -> bytes:
-    buf = io.BytesIO()
-    exif = Image.Exif()
-    if orientation != 1:
-        exif[0x0112] = orientation
-    image.save(buf, format="JPEG", quality=quality, exif=exif.tobytes())
-    return buf.getvalue()
-
-
 @pytest.mark.parametrize(
     ("size", "mode", "target", "expected"),
     [
@@ -313,7 +304,7 @@ def test_reduced_decode_scale_leaves_what_resize_needs(
     ("mode", "size"), [("squash", 224), ("shorter_side", 224), ("squash", 112), ("squash", 64)]
 )
 def test_big_jpeg_decodes_reduced_and_resizes_like_a_full_decode(mode: str, size: int) -> None:
-    data = _jpeg(_synthetic(1600, 1200))
+    data = jpeg_bytes(_synthetic(1600, 1200))
     full = load_image(data)
     reduced = load_image(data, reduce_for=(mode, size))
     assert reduced.mode == "RGB"
@@ -333,7 +324,7 @@ def test_partial_last_pixel_is_not_stretched_into_the_output(
     # The scale does not divide these sizes: the reduced image's last column and row cover only part
     # of a block. Resized whole, the photo would be stretched by up to a reduced pixel (measured
     # 28.4 and 24.9 dB against the full decode); `resize` maps exactly the photo's part instead.
-    data = _jpeg(_synthetic(*size, seed=3))
+    data = jpeg_bytes(_synthetic(*size, seed=3))
     full = resize(load_image(data), mode, target)
     reduced = load_image(data, reduce_for=(mode, target))
     assert reduced.size == decoded
@@ -363,7 +354,7 @@ def test_reduced_decode_applies_exif_orientation(orientation: int) -> None:
     upright.paste((255, 0, 0), (0, 0, 400, 1200))  # red on the left
     # Stored so that applying `orientation` (what exif_transpose does) gives `upright` back.
     stored = upright.transpose(_STORED_AS[orientation]) if orientation != 1 else upright
-    data = _jpeg(stored, orientation=orientation)
+    data = jpeg_bytes(stored, orientation=orientation)
     reduced = load_image(data, reduce_for=("shorter_side", 224))
     assert reduced.size == (400, 300)  # upright, at 1/4
     r, g, b = reduced.getpixel((20, 150))
@@ -376,9 +367,9 @@ def test_png_small_jpeg_and_mode_none_are_unchanged() -> None:
     big = _synthetic(1600, 1200, seed=2)
     cases = [
         (_png_bytes(big), ("squash", 64)),  # not a JPEG: Pillow's draft does nothing for PNG anyway
-        (_jpeg(_synthetic(300, 200)), ("squash", 224)),  # no scale leaves 224×224
-        (_jpeg(_synthetic(300, 200)), ("shorter_side", 224)),  # resize keeps it as is
-        (_jpeg(big), ("none", 224)),
+        (jpeg_bytes(_synthetic(300, 200)), ("squash", 224)),  # no scale leaves 224×224
+        (jpeg_bytes(_synthetic(300, 200)), ("shorter_side", 224)),  # resize keeps it as is
+        (jpeg_bytes(big), ("none", 224)),
     ]
     for data, reduce_for in cases:
         plain, with_arg = load_image(data), load_image(data, reduce_for=reduce_for)
@@ -387,7 +378,7 @@ def test_png_small_jpeg_and_mode_none_are_unchanged() -> None:
 
 
 def test_truncated_big_jpeg_still_raises_with_reduced_decode() -> None:
-    data = _jpeg(_synthetic(1600, 1200))
+    data = jpeg_bytes(_synthetic(1600, 1200))
     with pytest.raises(ImageError) as info:
         load_image(data[: len(data) // 2], reduce_for=("squash", 64))
     assert info.value.reason == "truncated"
@@ -395,9 +386,9 @@ def test_truncated_big_jpeg_still_raises_with_reduced_decode() -> None:
 
 def test_reduced_decode_keeps_cmyk_and_grey_jpegs_right() -> None:
     colour = Image.new("CMYK", (1600, 1200), (0, 255, 255, 0))
-    r, g, b = load_image(_jpeg(colour, quality=95), reduce_for=("squash", 64)).getpixel((50, 50))
+    r, g, b = load_image(jpeg_bytes(colour, quality=95), reduce_for=("squash", 64)).getpixel((50, 50))
     assert r > 240 and g < 15 and b < 15
-    grey = load_image(_jpeg(_synthetic(1600, 1200).convert("L")), reduce_for=("squash", 64))
+    grey = load_image(jpeg_bytes(_synthetic(1600, 1200).convert("L")), reduce_for=("squash", 64))
     assert grey.mode == "RGB" and grey.size == (200, 150)
     arr = np.asarray(grey)
     assert (arr[..., 0] == arr[..., 1]).all() and (arr[..., 1] == arr[..., 2]).all()
@@ -446,7 +437,7 @@ def test_camera_trap_variants_keep_their_colours_when_reduced() -> None:
 
 
 def test_bad_reduce_for_is_a_value_error_for_any_file() -> None:
-    for data in (_png_bytes(Image.new("RGB", (8, 8))), _jpeg(Image.new("RGB", (64, 64)))):
+    for data in (_png_bytes(Image.new("RGB", (8, 8))), jpeg_bytes(Image.new("RGB", (64, 64)))):
         with pytest.raises(ValueError, match="resize mode"):
             load_image(data, reduce_for=("crop", 224))
         with pytest.raises(ValueError, match="size must be positive"):
@@ -454,7 +445,7 @@ def test_bad_reduce_for_is_a_value_error_for_any_file() -> None:
 
 
 def test_resized_output_of_a_reduced_decode_is_a_plain_image() -> None:
-    reduced = load_image(_jpeg(_synthetic(1600, 1200)), reduce_for=("squash", 224))
+    reduced = load_image(jpeg_bytes(_synthetic(1600, 1200)), reduce_for=("squash", 224))
     out = resize(reduced, "squash", 224)
     # Resizing the output again must treat it as the 224×224 image it is (no stale source box).
     assert resize(out, "shorter_side", 100).size == (100, 100)
@@ -480,12 +471,12 @@ def _fits(data: bytes, mode: str = "squash", size: int = 64, quality: int = 95) 
 
 def test_a_jpeg_already_at_the_stored_size_and_coarser_than_quality_is_kept() -> None:
     photo = _synthetic(64, 64, seed=3)
-    assert _fits(_jpeg(photo, quality=75))
-    assert _fits(_jpeg(photo, quality=95))  # libjpeg's own q95 tables: equal is coarse enough
-    assert not _fits(_jpeg(photo, quality=75), quality=70)  # finer than asked: re-encode shrinks it
-    assert not _fits(_jpeg(photo, quality=100))
+    assert _fits(jpeg_bytes(photo, quality=75))
+    assert _fits(jpeg_bytes(photo, quality=95))  # libjpeg's own q95 tables: equal is coarse enough
+    assert not _fits(jpeg_bytes(photo, quality=75), quality=70)  # finer than asked: re-encode shrinks it
+    assert not _fits(jpeg_bytes(photo, quality=100))
     # shorter_side keeps a small image as it is, so its file can be kept too; squash resizes it.
-    small = _jpeg(_synthetic(48, 40, seed=4), quality=80)
+    small = jpeg_bytes(_synthetic(48, 40, seed=4), quality=80)
     assert _fits(small, mode="shorter_side", size=64)
     assert not _fits(small, mode="squash", size=64)
     assert _fits(small, mode="none")
@@ -496,8 +487,8 @@ def test_a_jpeg_whose_pixels_or_bytes_are_not_the_stored_ones_is_re_encoded() ->
     buf = io.BytesIO()
     photo.save(buf, format="JPEG", quality=75, subsampling=0)  # 4:4:4: more chroma than our 4:2:0
     assert not _fits(buf.getvalue())
-    assert not _fits(_jpeg(photo, orientation=6, quality=75))  # rotated on load: not the file's pixels
-    assert not _fits(_jpeg(photo, quality=75) + b"trailing bytes")  # nothing may follow the end marker
+    assert not _fits(jpeg_bytes(photo, orientation=6, quality=75))  # rotated on load: not the file's pixels
+    assert not _fits(jpeg_bytes(photo, quality=75) + b"trailing bytes")  # nothing may follow the end marker
     buf = io.BytesIO()
     photo.save(buf, format="JPEG", quality=75, comment=b"x" * (MAX_KEPT_METADATA + 1))
     assert not _fits(buf.getvalue())
@@ -507,12 +498,12 @@ def test_a_jpeg_whose_pixels_or_bytes_are_not_the_stored_ones_is_re_encoded() ->
     buf = io.BytesIO()
     photo.save(buf, format="PNG")
     assert not _fits(buf.getvalue())
-    big = _jpeg(_synthetic(512, 512, seed=6), quality=75)  # decoded at reduced scale, then resized
+    big = jpeg_bytes(_synthetic(512, 512, seed=6), quality=75)  # decoded at reduced scale, then resized
     assert not _fits(big)
 
 
 def test_a_kept_jpeg_has_exactly_the_pixels_the_builder_hashed_and_a_re_encode_would_not() -> None:
-    data = _jpeg(_synthetic(64, 64, seed=7), quality=80)
+    data = jpeg_bytes(_synthetic(64, 64, seed=7), quality=80)
     image = load_image(data)  # what the builder hashes
     with Image.open(io.BytesIO(data)) as kept:  # what a reader of the kept file decodes
         assert np.array_equal(np.asarray(image), np.asarray(kept.convert("RGB")))
