@@ -93,6 +93,11 @@ class LocalActor:
         return _Done(getattr(self.obj, method)(*args))
 
 
+def _local_actors(cls: type, n: int) -> list[Any]:
+    """`n` instances of `cls` with state, in this process (a local executor's `actors`)."""
+    return [LocalActor(cls()) for _ in range(n)]
+
+
 class InProcessExecutor:
     """workers == 0: every task runs in this process, at `result()` time."""
 
@@ -105,9 +110,7 @@ class InProcessExecutor:
     def submit(self, fn: Callable[[Any], Any], arg: Any) -> Pending:
         return _Deferred(fn, arg, self._timeout)
 
-    def actors(self, cls: type, n: int) -> list[Any]:
-        """`n` instances of `cls` with state (on a local executor: in this process)."""
-        return [LocalActor(cls()) for _ in range(n)]
+    actors = staticmethod(_local_actors)
 
     def __enter__(self) -> InProcessExecutor:
         return self
@@ -181,9 +184,7 @@ class PoolExecutor:
         result = self._pool.apply_async(_run_pool_task, (fn, arg))
         return _PoolPending(result, self._timeout, _what(fn, "in a worker process"))
 
-    def actors(self, cls: type, n: int) -> list[Any]:
-        """`n` instances of `cls` with state (on a local executor: in this process)."""
-        return [LocalActor(cls()) for _ in range(n)]
+    actors = staticmethod(_local_actors)
 
     def __enter__(self) -> PoolExecutor:
         return self

@@ -100,7 +100,8 @@ def input_signature(entry: Entry) -> str:
         file_sig = f"{st.st_size}:{st.st_mtime_ns}"
     except OSError:
         file_sig = "unreadable"
-    return f"{file_sig}:{_labels_digest(r.label, r.scientific_name, r.common_name, tuple(sorted(r.ranks.items())), r.split)}"
+    ranks = tuple(sorted(r.ranks.items()))
+    return f"{file_sig}:{_labels_digest(r.label, r.scientific_name, r.common_name, ranks, r.split)}"
 
 
 @lru_cache(maxsize=4096)

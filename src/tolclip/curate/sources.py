@@ -590,15 +590,15 @@ def manifest(
             if digest in seen:
                 problems.append(Problem(item, f"row {n}: duplicate source_id"))
                 continue
-            # String paths: a manifest row is the driver's hot loop, and pathlib costs several µs per call.
-            f = os.path.abspath(os.path.join(base_str, rel))
+            # A string join: a manifest row is the driver's hot loop, and pathlib's `/` costs several µs.
+            f = _abspath(os.path.join(base_str, rel))
             if not os.path.isfile(f):
                 problems.append(Problem(item, f"row {n}: image file {f} does not exist"))
                 continue
             seen.add(digest)
             scientific = get.get("scientific_name", "")
             yield SourceRecord(
-                path=Path(f),
+                path=f,
                 source=source,
                 source_id=sid,
                 label=get.get("label") or scientific,

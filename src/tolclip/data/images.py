@@ -328,7 +328,7 @@ _SUBSAMPLING_420 = 2  # JpegImagePlugin.get_sampling's code for 4:2:0, Pillow's 
 
 @dataclass(frozen=True)
 class JpegSource:
-    tables: bytes  # quantization tables 0, 1, ... in Pillow's order, 64 steps each (as uint16)
+    tables: tuple[list[int], ...]  # quantization tables 0, 1, ... as Pillow reads them (64 steps each)
     subsampling: int
     metadata_bytes: int
 
@@ -345,21 +345,21 @@ def _jpeg_source(image: Image.Image) -> JpegSource | None:
     from PIL import JpegImagePlugin
 
     return JpegSource(
-        tables=_table_bytes(getattr(image, "quantization", None) or {}),
+        tables=_in_order(getattr(image, "quantization", None) or {}),
         subsampling=JpegImagePlugin.get_sampling(image),
         metadata_bytes=sum(len(data) for _, data in getattr(image, "applist", [])),
     )
 
 
-def _table_bytes(tables: dict[int, list[int]]) -> bytes:
-    return np.array([tables[i] for i in sorted(tables)], dtype=np.uint16).tobytes()
+def _in_order(tables: dict[int, list[int]]) -> tuple[list[int], ...]:
+    return tuple(tables[i] for i in sorted(tables))
 
 
 @lru_cache(maxsize=8)
 def _quality_tables(quality: int) -> np.ndarray:
     # libjpeg's own tables for `quality`, read back from a tiny encode: the order Pillow reports them in.
     with Image.open(io.BytesIO(encode_jpeg(Image.new("RGB", (16, 16)), quality))) as im:
-        return np.frombuffer(_table_bytes(im.quantization), dtype=np.uint16)
+        return np.array(_in_order(im.quantization), dtype=np.int64)
 
 
 def original_fits(data: bytes, image: Image.Image, stored: Image.Image, quality: int) -> bool:
@@ -378,8 +378,8 @@ def original_fits(data: bytes, image: Image.Image, stored: Image.Image, quality:
     return (
         source.subsampling == _SUBSAMPLING_420
         and source.metadata_bytes <= MAX_KEPT_METADATA
-        and len(source.tables) == ours.nbytes
-        and bool((np.frombuffer(source.tables, dtype=np.uint16) >= ours).all())
+        and len(source.tables) == len(ours)  # tables of 64 steps each (as DQT defines them)
+        and bool((np.array(source.tables, dtype=np.int64) >= ours).all())
         and data.endswith(b"\xff\xd9")
     )
 
