@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from tolclip.core.taxonomy import RANKS, Taxon, clean_name
-from tolclip.curate.check import Mapper, check_catalog
+from tolclip.curate.check import Mapper, ShardSummary, check_catalog, shard_summaries
 from tolclip.curate.config import BuildConfig, BuildError
 from tolclip.curate.dedup import Deduplicator, EvalExclusion
 from tolclip.curate.dedup_partitioned import IndexPartition, PartitionedDeduplicator
@@ -92,10 +92,12 @@ def _build_locked(cfg: BuildConfig) -> dict[str, Any]:
             raise
         if spill is not None:
             shutil.rmtree(spill, ignore_errors=True)  # empty: every chunk's file went once it was placed
+        # Every shard is in place: a local pool lists them while this process writes the reports (Ray
+        # workers may not see out_dir).
+        listing = shard_summaries(cfg.out_dir, _pool_map(ex) if cfg.executor == "local" else map)
         resolver.write_report(cfg.out_dir / "resolution_report.csv")
         stats = run.reports.finish(resolver.summary(), set_sizes)
-        # A local pool lists the shards in parallel (Ray workers may not see out_dir).
-        verify_shards(cfg.out_dir, _pool_map(ex) if cfg.executor == "local" else map)
+        verify_shards(cfg.out_dir, listing)
     progress.complete()
     if not cfg.keep_cache:
         shutil.rmtree(cfg.out_dir / CACHE_DIR, ignore_errors=True)
@@ -112,13 +114,13 @@ def _pool_map(executor: Any) -> Mapper:
     return mapper
 
 
-def verify_shards(out: Path, mapper: Mapper = map) -> None:
+def verify_shards(out: Path, listing: Iterable[ShardSummary]) -> None:
     """Fail unless the shards hold exactly the keys catalog.csv puts in them (tar headers only, cheap).
 
     Exit 0 must mean a usable shard set: a disagreement found here would otherwise surface only in
     `check-shards`, or as silently missing samples in training.
     """
-    problems = check_catalog(out, mapper)
+    problems = check_catalog(out, summaries=listing)
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise BuildError(

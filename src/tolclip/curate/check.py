@@ -42,18 +42,29 @@ def check(directory: str | os.PathLike) -> list[str]:
 Mapper = Callable[[Callable[[Any], Any], Iterable[Any]], Iterable[Any]]
 
 
-def check_catalog(directory: str | os.PathLike, mapper: Mapper = map) -> list[str]:
+ShardSummary = tuple[str, int, int, list[str]]
+
+
+def shard_summaries(directory: str | os.PathLike, mapper: Mapper = map) -> Iterable[ShardSummary]:
+    """`shard_summary` of every shard under `directory`, run by `mapper` (a build passes its worker pool,
+    which starts listing them at once, while the build still writes its reports)."""
+    return mapper(shard_summary, [(str(path), name) for name, path in _shards(Path(directory))])
+
+
+def check_catalog(
+    directory: str | os.PathLike, mapper: Mapper = map, summaries: Iterable[ShardSummary] | None = None
+) -> list[str]:
     """Whether the shards hold exactly the keys `catalog.csv` puts in them, from tar headers only.
 
     Memory stays per shard, not per sample: each shard's keys are compared as a count and an
     order-free digest; only a shard that disagrees is compared key by key (to name the keys).
-    `mapper` runs `shard_summary` over the shards (a build passes its worker pool, which lists them
-    while this process reads the catalog).
+    The shards are listed by `mapper`, or come as `summaries` (from `shard_summaries`, started earlier).
     """
     root = Path(directory)
     if not (root / CATALOG).is_file():
         return [f"{root}: no {CATALOG}"]
-    summaries = mapper(shard_summary, [(str(path), name) for name, path in _shards(root)])
+    if summaries is None:
+        summaries = shard_summaries(root, mapper)
     problems: list[str] = []
     try:
         expected = _catalog_digests(root / CATALOG)
@@ -71,7 +82,7 @@ def check_catalog(directory: str | os.PathLike, mapper: Mapper = map) -> list[st
     return problems
 
 
-def shard_summary(item: tuple[str, str]) -> tuple[str, int, int, list[str]]:
+def shard_summary(item: tuple[str, str]) -> ShardSummary:
     """(name, key count, order-free key digest, problems) of one shard, from its tar headers."""
     path, name = item
     problems: list[str] = []

@@ -10,6 +10,7 @@ from typing import Any
 from tolclip.core.taxonomy import Taxon
 from tolclip.curate.config import BuildConfig, BuildError
 from tolclip.curate.dedup import EvalExclusion, content_hash, hash_box_factor, perceptual_hash
+from tolclip.curate.shard_writer import WRITE_BUFFER
 from tolclip.data.images import ImageError, encode, load_image, original_fits, resize
 from tolclip.data.shards import Sample, record_blob, to_record
 
@@ -59,7 +60,7 @@ def _spill(results: list[dict[str, Any]], path: Path) -> None:
     # in the page cache costs both sides a few µs (docs/curation-at-scale.md).
     offset = 0
     try:
-        with path.open("wb") as fh:
+        with path.open("wb", buffering=WRITE_BUFFER) as fh:
             for r in results:
                 if (blob := r.pop("blob", None)) is not None:
                     fh.write(blob)

@@ -21,6 +21,10 @@ from tolclip.curate.config import BuildConfig, BuildError
 from tolclip.curate.progress import Progress, remove_temp_files
 from tolclip.data.shards import tar_end
 
+# Samples' tar members (tens of KB each) are gathered into writes of this size: one write call per
+# sample cost the driver about twice as much CPU in the kernel (docs/curation-at-scale.md).
+WRITE_BUFFER = 1 << 20
+
 
 def shard_name(index: int) -> str:
     return f"shard-{index:06d}.tar"
@@ -71,9 +75,9 @@ class ShardStream:
                 )
             with tmp.open("r+b") as fh:
                 fh.truncate(self.size)
-            self._fh = tmp.open("ab")
+            self._fh = tmp.open("ab", buffering=WRITE_BUFFER)
         else:
-            self._fh = tmp.open("wb")
+            self._fh = tmp.open("wb", buffering=WRITE_BUFFER)
 
     def _close(self) -> None:
         """Finish the current shard (unless a resumed build finished it before) and start the next."""

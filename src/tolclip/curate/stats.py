@@ -130,7 +130,8 @@ def _report_row(entry: Entry, stage: str, reason: str) -> dict[str, Any]:
 
 def _open_csv(path: Path, columns: Sequence[str], header: bool = True) -> tuple[Any, csv.DictWriter]:
     fh = path.open("w", newline="", encoding="utf-8")
-    writer = csv.DictWriter(fh, fieldnames=list(columns))
+    # extrasaction="ignore": the default checks every row for unknown keys, a set difference per row.
+    writer = csv.DictWriter(fh, fieldnames=list(columns), extrasaction="ignore")
     if header:
         writer.writeheader()
     return fh, writer
