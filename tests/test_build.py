@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
 import os
 import shutil
@@ -24,6 +25,7 @@ from tolclip.curate.check import check
 from tolclip.curate.config import BuildError
 from tolclip.curate.dedup import Deduplicator, content_hash, perceptual_hash
 from tolclip.curate.splits import assign_split, make_key
+from tolclip.curate.stats import CsvRows
 from tolclip.data.shards import iter_records
 
 from helpers import MICRO, SMALL_RUN, make_cfg
@@ -536,3 +538,35 @@ def test_real_photo_ablation_data_and_experiment(tmp_path: Path) -> None:
     out = train(run)
     species = {r.eval_set: r for r in out["zero_shot"] if r.rank == "species" and r.text_type == "com"}
     assert species["unseen"].images == len(unseen) and species["seen"].images > 0
+
+
+def test_report_rows_match_csv_dictwriter():
+    # The catalog's fast path must write what csv would, byte for byte, whatever the values.
+    values = [
+        "",
+        "plain",
+        "a,b",
+        'say "hi"',
+        "two\nlines",
+        "cr\r",
+        " padded ",
+        "Bombus ß",
+        None,
+        True,
+        2,
+        0.1,
+    ]
+    for columns in (["only"], ["a", "b", "c"]):
+        for combo in itertools.product(values, repeat=len(columns)):
+            row = dict(zip(columns, combo, strict=True)) | {"unlisted": "x,y"}
+            want, got = io.StringIO(newline=""), io.StringIO(newline="")
+            csv.DictWriter(want, columns, extrasaction="ignore").writerow(row)
+            CsvRows(got, columns).writerow(row)
+            assert got.getvalue() == want.getvalue(), row
+    plain = CsvRows(io.StringIO(newline=""), ["a", "b"])
+    plain.csv = None  # a row that needs no quoting is written without csv
+    plain.writerow({"a": "Bombus", "b": True})
+    assert plain.fh.getvalue() == "Bombus,True\r\n"
+    short = io.StringIO(newline="")
+    CsvRows(short, ["a", "b"]).writerow({"a": "1"})  # a missing column is empty, as DictWriter's restval
+    assert short.getvalue() == "1,\r\n"
