@@ -88,6 +88,10 @@ def _header_template() -> tuple[bytes, int]:
 
 
 _TEMPLATE, _TEMPLATE_SUM = _header_template()
+# The template around the fields that vary (name 0-100, size 124-136, checksum 148-156): a header is
+# then one join of seven pieces, half the time of filling a copy of the template.
+_OWNER, _MTIME, _REST = _TEMPLATE[100:124], _TEMPLATE[136:148], _TEMPLATE[156:]
+_ZEROS = bytes(_BLOCK)
 
 
 def tar_header(name: str, size: int) -> bytes:
@@ -99,11 +103,8 @@ def tar_header(name: str, size: int) -> bytes:
         info.size, info.mode, info.mtime, info.uname, info.gname = size, _MODE, 0, "", ""
         return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
     size_field = b"%011o\0" % size
-    head = bytearray(_TEMPLATE)
-    head[0 : len(raw)] = raw
-    head[124:136] = size_field
-    head[148:156] = b"%06o\0 " % (_TEMPLATE_SUM + sum(raw) + sum(size_field))
-    return bytes(head)
+    checksum = b"%06o\0 " % (_TEMPLATE_SUM + sum(raw) + sum(size_field))
+    return b"".join((raw, _ZEROS[: 100 - len(raw)], _OWNER, size_field, _MTIME, checksum, _REST))
 
 
 def record_blob(record: dict[str, object]) -> bytes:
@@ -116,10 +117,7 @@ def record_blob(record: dict[str, object]) -> bytes:
             continue
         if not isinstance(data, bytes):
             raise TypeError(f"{key}.{ext}: tar members must be bytes, got {type(data).__name__}")
-        parts.append(tar_header(f"{key}.{ext}", len(data)))
-        parts.append(data)
-        if len(data) % _BLOCK:
-            parts.append(bytes(_BLOCK - len(data) % _BLOCK))
+        parts += (tar_header(f"{key}.{ext}", len(data)), data, _ZEROS[: -len(data) % _BLOCK])
     return b"".join(parts)
 
 
