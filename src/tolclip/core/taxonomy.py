@@ -151,7 +151,8 @@ class Taxon:
 
     @property
     def ranks(self) -> tuple[str, ...]:
-        return tuple(self.rank(r) for r in RANKS)
+        """The seven ranks in `RANKS` order (spelled out: the curation driver reads them per image)."""
+        return (self.kingdom, self.phylum, self.class_, self.order, self.family, self.genus, self.species)
 
     @property
     def scientific_name(self) -> str:

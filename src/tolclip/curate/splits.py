@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
 from tolclip.core.hashing import sha256_hex
 
@@ -11,8 +12,13 @@ TRAIN_SMALL = "train_small"
 
 def make_key(source: str, source_id: str) -> str:
     """`{source}_{16 hex of sha256(source_id)}`: stable, and free of '.' and '/' (webdataset keys)."""
-    safe = re.sub(r"[^A-Za-z0-9_-]+", "-", source).strip("-") or "source"
-    return f"{safe}_{sha256_hex(source_id)[:16]}"
+    return f"{_safe_source(source)}_{sha256_hex(source_id)[:16]}"
+
+
+@lru_cache(maxsize=1024)
+def _safe_source(source: str) -> str:
+    # A build has a few sources and calls this once per input.
+    return re.sub(r"[^A-Za-z0-9_-]+", "-", source).strip("-") or "source"
 
 
 def _unit_hash(text: str) -> float:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import operator
 import re
 import shutil
 from collections import Counter, defaultdict
@@ -30,6 +31,10 @@ CATALOG_COLUMNS = (
 REPORT_COLUMNS = ("key", "source", "source_id", "stage", "reason")
 
 
+_NO_RANKS = ("",) * len(RANKS)
+_LINEAGE = operator.itemgetter(*RANKS)  # a catalog row's ranks as a tuple, in one C call
+
+
 def catalog_row(entry: Entry, shard: str, split: str, small: bool) -> dict[str, Any]:
     """The catalog row of one sample written."""
     return {
@@ -40,7 +45,7 @@ def catalog_row(entry: Entry, shard: str, split: str, small: bool) -> dict[str, 
         "source": entry.source,
         "source_id": entry.source_id,
         "source_split": entry.record.split if entry.record else "",
-        **{r: entry.taxon.rank(r) if entry.taxon else "" for r in RANKS},
+        **dict(zip(RANKS, entry.taxon.ranks if entry.taxon else _NO_RANKS, strict=True)),
         "common_name": entry.taxon.common if entry.taxon else "",
         "resolution_status": entry.status,
     }
@@ -203,7 +208,7 @@ class CatalogStats:
         }
 
     def add(self, row: dict[str, Any]) -> None:
-        lineage = tuple(row[x] for x in RANKS)
+        lineage = _LINEAGE(row)
         self.images += 1
         self.lineages[lineage] += 1
         if row["species"]:
