@@ -17,6 +17,10 @@ default 224-px set skips the encode for every image.
 * ``build``: the whole `tolclip.curate.build.build()` on a manifest of those images (scan, taxonomy
   resolution, image stage, dedup, split, shard writing, catalog, stats), `progress=false`.
 
+A second table splits each side's CPU per image (`getrusage`) between this process (the builder's
+driver) and its pool's processes: on a machine with fewer cores than workers + 1 the driver's share is
+CPU the workers do not get, and its inverse is the images/s one driver can place at most.
+
 Parallelism: the limit runs in-process at ``workers=1`` and in a fork ``multiprocessing.Pool(w)`` with
 ``imap`` above; the builder's sides use ``w`` worker processes (``workers=0`` would be in-process),
 while the parent process dedups, splits and writes shards concurrently.
@@ -32,6 +36,7 @@ import io
 import multiprocessing
 import os
 import platform
+import resource
 import shutil
 import statistics
 import sys
@@ -318,12 +323,16 @@ def run_all(args: argparse.Namespace, images: list[tuple[str, str]]) -> None:
         run_build(manifest, n, 1, args.size, args.quality, args.chunk_size, tmp)
 
         rates: dict[tuple[str, int], list[float]] = {(s, w): [] for s in sides for w in args.workers}
+        cpu: dict[tuple[str, int], list[tuple[float, float]]] = {k: [] for k in rates}
         names_ = list(sides)
         for r in range(args.rounds):
             order = names_[r % len(names_) :] + names_[: r % len(names_)]
             for w in args.workers:
                 for s in order:
+                    before = _cpu_seconds()
                     rates[(s, w)].append(sides[s](w))
+                    after = _cpu_seconds()
+                    cpu[(s, w)].append(((after[0] - before[0]) / n * 1e3, (after[1] - before[1]) / n * 1e3))
                     print(f"  round {r + 1} workers={w} {s:<5} {rates[(s, w)][-1]:8.1f} img/s", flush=True)
 
     med = {k: statistics.median(v) for k, v in rates.items()}
@@ -346,6 +355,30 @@ def run_all(args: argparse.Namespace, images: list[tuple[str, str]]) -> None:
             f"{bld / med[('build', w1)]:>12.2f}"
         )
     print("target (issue): build/limit >= 0.8 per worker count, near-linear scaling")
+    print_cpu(cpu, args.workers)
+
+
+def _cpu_seconds() -> tuple[float, float]:
+    """CPU seconds (user + system) of this process and of its finished child processes."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime, kids.ru_utime + kids.ru_stime
+
+
+def print_cpu(cpu: dict[tuple[str, int], list[tuple[float, float]]], workers: list[int]) -> None:
+    """Where each side's CPU went, per image: this process (the builder's driver, or the limit's parent)
+    and its pool's processes. On a machine with fewer cores than workers + 1, the driver's share is
+    CPU the workers do not get; on a bigger one, the driver's own CPU per image caps the build."""
+    print("\nCPU ms per image (getrusage, medians): parent = this process (for build: the driver, with the")
+    print(
+        "pool's threads), workers = the pool's processes; cap = 1000 / driver ms (images/s one driver can place)"
+    )
+    print(
+        f"{'workers':>7} {'limit parent':>13} {'limit workers':>14} {'build driver':>13} {'build workers':>14} {'cap':>7}"
+    )
+    for w in workers:
+        lim_own, lim_kids = (statistics.median(c[i] for c in cpu[("limit", w)]) for i in (0, 1))
+        drv, kids = (statistics.median(c[i] for c in cpu[("build", w)]) for i in (0, 1))
+        print(f"{w:>7} {lim_own:>13.3f} {lim_kids:>14.3f} {drv:>13.3f} {kids:>14.3f} {1e3 / drv:>7.0f}")
 
 
 if __name__ == "__main__":
