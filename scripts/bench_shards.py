@@ -370,15 +370,17 @@ def print_cpu(cpu: dict[tuple[str, int], list[tuple[float, float]]], workers: li
     CPU the workers do not get; on a bigger one, the driver's own CPU per image caps the build."""
     print("\nCPU ms per image (getrusage, medians): parent = this process (for build: the driver, with the")
     print(
-        "pool's threads), workers = the pool's processes; cap = 1000 / driver ms (images/s one driver can place)"
+        "pool's threads), workers = the pool's processes; cap = 1000 / build parent ms (images/s one driver places)"
     )
-    print(
-        f"{'workers':>7} {'limit parent':>13} {'limit workers':>14} {'build driver':>13} {'build workers':>14} {'cap':>7}"
-    )
+    columns = [(side, part) for side in ("limit", "stage", "build") for part in ("parent", "workers")]
+    print(f"{'workers':>7} " + " ".join(f"{f'{side} {part}':>14}" for side, part in columns) + f" {'cap':>7}")
     for w in workers:
-        lim_own, lim_kids = (statistics.median(c[i] for c in cpu[("limit", w)]) for i in (0, 1))
-        drv, kids = (statistics.median(c[i] for c in cpu[("build", w)]) for i in (0, 1))
-        print(f"{w:>7} {lim_own:>13.3f} {lim_kids:>14.3f} {drv:>13.3f} {kids:>14.3f} {1e3 / drv:>7.0f}")
+        ms = {
+            (side, part): statistics.median(c[part == "workers"] for c in cpu[(side, w)])
+            for side, part in columns
+        }
+        cap = 1e3 / ms[("build", "parent")]
+        print(f"{w:>7} " + " ".join(f"{ms[col]:>14.3f}" for col in columns) + f" {cap:>7.0f}")
 
 
 if __name__ == "__main__":
