@@ -51,20 +51,19 @@ def shard_summaries(directory: str | os.PathLike, mapper: Mapper = map) -> Itera
     return mapper(shard_summary, [(str(path), name) for name, path in _shards(Path(directory))])
 
 
-def check_catalog(
-    directory: str | os.PathLike, mapper: Mapper = map, summaries: Iterable[ShardSummary] | None = None
-) -> list[str]:
+def check_catalog(directory: str | os.PathLike, summaries: Iterable[ShardSummary] | None = None) -> list[str]:
     """Whether the shards hold exactly the keys `catalog.csv` puts in them, from tar headers only.
 
     Memory stays per shard, not per sample: each shard's keys are compared as a count and an
     order-free digest; only a shard that disagrees is compared key by key (to name the keys).
-    The shards are listed by `mapper`, or come as `summaries` (from `shard_summaries`, started earlier).
+    `summaries` are the shards' listings from `shard_summaries`, started earlier (a build lists them in
+    its worker pool); without them the shards are listed here.
     """
     root = Path(directory)
     if not (root / CATALOG).is_file():
         return [f"{root}: no {CATALOG}"]
     if summaries is None:
-        summaries = shard_summaries(root, mapper)
+        summaries = shard_summaries(root)
     problems: list[str] = []
     try:
         expected = _catalog_digests(root / CATALOG)
