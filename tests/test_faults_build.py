@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 
 from tolclip.cli.convert import main as convert_main
-from tolclip.curate import image_worker, shard_writer
+from tolclip.curate import image_worker, scan, shard_writer
 from tolclip.curate.build import build
 from tolclip.curate.check import check, check_catalog
 from tolclip.curate.config import BuildError
@@ -177,7 +177,9 @@ def _interrupt_after(monkeypatch, n: int) -> None:
     monkeypatch.setattr(image_worker, "process_one", flaky)
 
 
-def test_resume_refuses_a_changed_source(source: Path, tmp_path: Path, monkeypatch) -> None:
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resume_refuses_a_changed_source(source: Path, tmp_path: Path, monkeypatch, workers: int) -> None:
+    """With workers the scan stage runs in its own process: its refusal arrives as the same one line."""
     out = tmp_path / "out"
     _interrupt_after(monkeypatch, 4)
     with pytest.raises(KeyboardInterrupt):
@@ -186,7 +188,7 @@ def test_resume_refuses_a_changed_source(source: Path, tmp_path: Path, monkeypat
     (source / "corvus" / "0.png").unlink()
     (source / "pica" / "9.png").write_bytes(_png(99))
     with pytest.raises(BuildError) as err:
-        build(_config(source, out, resume=True))
+        build(_config(source, out, resume=True, workers=workers))
     assert str(err.value) == (
         f"source changed since the interrupted build in {out}: 1 input(s) missing (corvus/0.png), "
         "1 new (pica/9.png); rebuild without resume (build.overwrite=true) or restore the source"
@@ -369,3 +371,25 @@ def test_file_system_oddities_in_a_source_are_reported_not_fatal(source: Path, t
     assert stats["images"] == 9 + len(odd) == len(ids)  # the nine photos once each, every odd name
     assert "corvus/bad-\\xff-bytes.png" in ids and "corvus/new\nline.png" in ids  # bytes kept as escapes
     assert check(out) == []
+
+
+def test_the_scan_stage_runs_in_its_own_process_with_workers(
+    source: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """With workers the scan stage is a process beside the driver (its serial work overlaps the
+    driver's); without, it runs in the driver. The output is the same."""
+    real_run = scan.ScanStage.run
+    pids = tmp_path / "pids"
+
+    def recording(stage):
+        with pids.open("a") as fh:
+            fh.write(f"{os.getpid()}\n")
+        return (yield from real_run(stage))
+
+    monkeypatch.setattr(scan.ScanStage, "run", recording)
+    for workers in (0, 2):
+        build(_config(source, tmp_path / f"w{workers}", workers=workers))
+    inline, forked = (int(line) for line in pids.read_text().split())
+    assert inline == os.getpid() and forked != os.getpid()
+    for name in ("catalog.csv", "skipped.csv", "excluded.csv", "resolution_report.csv"):
+        assert (tmp_path / "w0" / name).read_bytes() == (tmp_path / "w2" / name).read_bytes(), name

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 from array import array
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from itertools import combinations
 
 import numpy as np
@@ -106,7 +106,7 @@ class NearDuplicateIndex:
     """Keys by 64-bit hash; `query` returns the keys within a Hamming distance, exactly.
 
     Multi-index hashing: the 64 bits are split into `bands` disjoint 16-bit bands, each indexed
-    in a dict band-value → entries. Guarantee (pigeonhole): if two hashes differ in at most d
+    in a table band-value → entries. Guarantee (pigeonhole): if two hashes differ in at most d
     bits, at least one band differs in at most floor(d / bands) bits. So probing, in every band,
     all values within that radius of the query's band finds every true match; candidates are then
     checked with the full distance, so there are no false positives either. With 4 bands, d <= 3
@@ -124,7 +124,9 @@ class NearDuplicateIndex:
         self._width = HASH_BITS // bands
         self._mask = (1 << self._width) - 1
         self._masks: dict[int, tuple[int, ...]] = {}
-        self._tables: list[dict[int, array]] = [{} for _ in range(bands)]
+        # One table for all bands, keyed by band number << width | band value: a query's probes are
+        # then one flat list of keys, looked up in one comprehension.
+        self._table: dict[int, array] = {}
         self._key_bytes = bytearray()
         self._key_ends = array("Q")
         self._hashes = array("Q")
@@ -136,9 +138,9 @@ class NearDuplicateIndex:
         start = self._key_ends[entry - 1] if entry else 0
         return self._key_bytes[start : self._key_ends[entry]].decode("utf-8")
 
-    def _band_values(self, h: int) -> Iterator[int]:
-        for b in range(self.bands):
-            yield (h >> (b * self._width)) & self._mask
+    def _band_keys(self, h: int) -> list[int]:
+        width, mask = self._width, self._mask
+        return [b << width | (h >> (b * width)) & mask for b in range(self.bands)]
 
     def add(self, key: str, h: int) -> int:
         """Store a hash under a key; returns its entry number."""
@@ -148,10 +150,11 @@ class NearDuplicateIndex:
         self._key_bytes += key.encode("utf-8")
         self._key_ends.append(len(self._key_bytes))
         self._hashes.append(h)
-        for table, value in zip(self._tables, self._band_values(h), strict=True):
-            found = table.get(value)
+        table = self._table
+        for band_key in self._band_keys(h):
+            found = table.get(band_key)
             if found is None:
-                table[value] = array("I", (entry,))
+                table[band_key] = array("I", (entry,))
             else:
                 found.append(entry)
         return entry
@@ -173,10 +176,10 @@ class NearDuplicateIndex:
         if max_distance < 0:
             return []
         flips = self._flips(max_distance // self.bands)
-        buckets = []
-        for table, value in zip(self._tables, self._band_values(h), strict=True):
-            get = table.get  # 17 probes per band at the default distance: the query's hot loop
-            buckets += [bucket for flip in flips if (bucket := get(value ^ flip)) is not None]
+        get = self._table.get  # 17 probes per band at the default distance: the query's hot loop
+        buckets = [b for k in self._band_keys(h) for f in flips if (b := get(k ^ f)) is not None]
+        if not buckets:  # the common case: nothing near
+            return []
         if sum(map(len, buckets)) > self.VECTOR_FROM:
             return self._entries_numpy(h, max_distance, buckets)
         seen: set[int] = set()
@@ -302,10 +305,11 @@ class Deduplicator:
         h = phash() if callable(phash) else phash
         short = int(digest[:16], 16)
         found = self._near.entries(h, max(self.max_distance, 0))
-        exact = [entry for d, entry in found if d == 0 and self._digests[entry] == short]
-        near = [entry for d, entry in found if d <= self.max_distance]
-        if exact or near:
-            return self._near.key(exact[0] if exact else near[0])
+        if found:
+            exact = [entry for d, entry in found if d == 0 and self._digests[entry] == short]
+            near = [entry for d, entry in found if d <= self.max_distance]
+            if exact or near:
+                return self._near.key(exact[0] if exact else near[0])
         self._near.add(key, h)
         self._digests.append(short)
         return None

@@ -10,6 +10,7 @@ from typing import Any
 from tolclip.core.taxonomy import Taxon
 from tolclip.curate.config import BuildConfig, BuildError
 from tolclip.curate.dedup import EvalExclusion, content_hash, hash_box_factor, perceptual_hash
+from tolclip.curate.journal import journal_line
 from tolclip.curate.shard_writer import WRITE_BUFFER
 from tolclip.data.images import ImageError, encode, load_image, original_fits, resize
 from tolclip.data.shards import Sample, record_blob, to_record
@@ -49,6 +50,8 @@ def process_chunk(tasks: list[ImageTask]) -> list[dict[str, Any]]:
     """`process_one` over a chunk of tasks (one executor task): results in task order, their tar members
     spilled to a file when the settings say where (`unspill` gives them back in the driver)."""
     results = [process_one(task) for task in tasks]
+    for r in results:  # the driver's journal line, made here where the work is parallel
+        r["journal"] = journal_line(r)
     if _WORKER.get("spill_dir") and results:
         _spill(results, Path(_WORKER["spill_dir"]) / f"{tasks[0][0]}.part")  # keys are unique file names
     return results

@@ -72,9 +72,10 @@ class Journal:
         _truncate(self.path, self._end)
         self._fh = self.path.open("a", encoding="utf-8")
 
-    def append(self, row: dict[str, Any]) -> bool:
-        """Queue one row; True when FLUSH_EVERY rows wait (the caller flushes the shards, then us)."""
-        self._pending.append(json.dumps(row))
+    def append(self, line: str) -> bool:
+        """Queue one row (`journal_line`); True when FLUSH_EVERY rows wait (the caller flushes the shards,
+        then us)."""
+        self._pending.append(line)
         return len(self._pending) >= self.FLUSH_EVERY
 
     def flush(self) -> None:
@@ -88,6 +89,11 @@ class Journal:
             self.flush()
             self._fh.close()
             self._fh = None
+
+
+def journal_line(result: dict[str, Any]) -> str:
+    """An image result's journal line (everything but its tar members), made where the image was."""
+    return json.dumps({k: v for k, v in result.items() if k != "blob"})
 
 
 def input_signature(entry: Entry) -> str:

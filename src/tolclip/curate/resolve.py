@@ -129,6 +129,11 @@ class TaxoniqBackend:
     candidate; homonyms are only caught through the source's higher ranks.
     """
 
+    def __init__(self) -> None:
+        # Load taxoniq's databases now (about 0.2 s, once per process): a build forks its scan stage
+        # after this, and each scan process would otherwise load them again.
+        _taxoniq_lookup("Homo sapiens")
+
     def lookup(self, name: str) -> list[Lineage]:
         return list(_taxoniq_lookup(name)) if name else []
 

@@ -39,9 +39,10 @@ class ShardStream:
         self.index, self.count, self.size = 0, 0, 0
         self.total = 0
         self._fh: BinaryIO | None = None
+        self.rel = self._rel()
 
-    @property
-    def rel(self) -> str:
+    def _rel(self) -> str:
+        """The current shard's path relative to out_dir (kept in `rel`: every sample asks for it)."""
         return f"{self.name}/{shard_name(self.index)}"
 
     def _tmp(self) -> Path:
@@ -93,6 +94,7 @@ class ShardStream:
             self._fh.close()
         self._fh = None
         self.index, self.count, self.size = self.index + 1, 0, 0
+        self.rel = self._rel()
 
     def flush(self) -> None:
         if self._fh is not None:

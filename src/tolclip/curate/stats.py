@@ -4,6 +4,7 @@ as the build streams (bounded memory: counts are kept per taxon, rows go straigh
 from __future__ import annotations
 
 import csv
+import io
 import json
 import operator
 import re
@@ -35,20 +36,20 @@ _NO_RANKS = ("",) * len(RANKS)
 _LINEAGE = operator.itemgetter(*RANKS)  # a catalog row's ranks as a tuple, in one C call
 
 
-def catalog_row(entry: Entry, shard: str, split: str, small: bool) -> dict[str, Any]:
-    """The catalog row of one sample written."""
-    return {
-        "key": entry.key,
-        "shard": shard,
-        "split": split,
-        "train_small": small,
-        "source": entry.source,
-        "source_id": entry.source_id,
-        "source_split": entry.record.split if entry.record else "",
-        **dict(zip(RANKS, entry.taxon.ranks if entry.taxon else _NO_RANKS, strict=True)),
-        "common_name": entry.taxon.common if entry.taxon else "",
-        "resolution_status": entry.status,
-    }
+def catalog_tail(entry: Entry) -> str:
+    """A catalog row's fields after key, shard, split and train_small, as csv text: everything the scan
+    knows, so only the shard (known once the sample is placed) is left for the driver to add."""
+    taxon = entry.taxon
+    return csv_line(
+        (
+            entry.source,
+            entry.source_id,
+            entry.record.split if entry.record else "",
+            *(taxon.ranks if taxon else _NO_RANKS),
+            taxon.common if taxon else "",
+            entry.status,
+        )
+    )
 
 
 class Reports:
@@ -78,11 +79,26 @@ class Reports:
         self._excluded[1].writerow(_report_row(entry, stage, reason))
 
     def catalog(self, row: dict[str, Any]) -> None:
-        split = row["split"]
-        if split not in self._parts:
-            self._parts[split] = _open_csv(self._part(split), CATALOG_COLUMNS, header=False)
-        self._parts[split][1].writerow(row)
-        self.stats.add(row)
+        """One catalog row given as a dict of `CATALOG_COLUMNS`."""
+        line = csv_line([row.get(c, "") for c in CATALOG_COLUMNS])
+        self._catalog_line(row["split"], line, _LINEAGE(row), row["source"])
+
+    def sample(
+        self, key: str, shard: str, split: str, small: bool, tail: str, lineage: tuple, source: str
+    ) -> None:
+        """The catalog row of a sample placed in `shard`; `tail` is its `catalog_tail`, made by the scan."""
+        if _plain(shard) and _plain(split) and _plain(key):
+            head = f"{key},{shard},{split},{small}"
+        else:
+            head = csv_line((key, shard, split, small))
+        self._catalog_line(split, f"{head},{tail}", lineage, source)
+
+    def _catalog_line(self, split: str, line: str, lineage: tuple, source: str) -> None:
+        part = self._parts.get(split)
+        if part is None:
+            part = self._parts[split] = _open_csv(self._part(split), CATALOG_COLUMNS, header=False)
+        part[0].write(line + "\r\n")
+        self.stats.add(lineage, source, split)
 
     def _part(self, split: str) -> Path:
         return self.cache / f"catalog-{split}.csv"
@@ -147,24 +163,36 @@ _QUOTE_OR_LINE_END = re.compile(r'["\r\n]')
 
 
 class CsvRows:
-    """`csv.DictWriter(fh, columns, extrasaction="ignore")`, byte for byte, faster on plain rows.
-
-    csv's writer tests each character of each field for its special characters, one C call apiece:
-    most of the driver's cost per catalog row. A row with none of them (nearly every row) is written as
-    the plain join csv would produce; any other goes through csv.
-    """
+    """`csv.DictWriter(fh, columns, extrasaction="ignore")`, byte for byte, faster on plain rows
+    (`csv_line`)."""
 
     def __init__(self, fh: Any, columns: Sequence[str]) -> None:
         self.fh, self.columns, self.csv = fh, tuple(columns), csv.writer(fh)
 
     def writerow(self, row: dict[str, Any]) -> None:
-        fields = [_field(row.get(c, "")) for c in self.columns]
-        line = ",".join(fields)
-        # A comma beyond the joins is in a field; csv also quotes a lone empty field.
-        if line.count(",") != len(fields) - 1 or len(fields) == 1 or _QUOTE_OR_LINE_END.search(line):
-            self.csv.writerow(fields)
-        else:
-            self.fh.write(line + "\r\n")
+        self.fh.write(csv_line([row.get(c, "") for c in self.columns]) + "\r\n")
+
+
+def csv_line(values: Sequence[Any]) -> str:
+    """One csv row without its line end, as `csv.writer` (its defaults) writes it.
+
+    csv's writer tests each character of each field for its special characters, one C call apiece:
+    most of the driver's cost per catalog row. A row with none of them (nearly every row) is the plain
+    join csv would produce; any other goes through csv. Quoting is per field, so rows may be joined.
+    """
+    fields = [_field(v) for v in values]
+    line = ",".join(fields)
+    # A comma beyond the joins is in a field; csv also quotes a lone empty field.
+    if line.count(",") != len(fields) - 1 or len(fields) == 1 or _QUOTE_OR_LINE_END.search(line):
+        buf = io.StringIO()
+        csv.writer(buf).writerow(fields)
+        return buf.getvalue()[:-2]
+    return line
+
+
+def _plain(text: str) -> bool:
+    """Whether csv writes `text` as it is (no quoting): `csv_line` in two C calls for a short field."""
+    return bool(text) and "," not in text and _QUOTE_OR_LINE_END.search(text) is None
 
 
 def _field(value: Any) -> str:
@@ -194,40 +222,45 @@ def _csv_to_parquet(csv_path: Path, parquet_path: Path) -> None:
 
 
 class CatalogStats:
-    """Counts over the catalog rows, kept per lineage (bounded by the taxa, not the images)."""
+    """Counts over the catalog rows, kept per (lineage, source, split): bounded by the taxa, not the
+    images. One counter update per row (the driver's hot loop); the groups are summed at the end."""
 
     GROUPS = ("source", "split", "kingdom")
 
     def __init__(self) -> None:
-        self.images = 0
-        self.lineages: Counter[tuple[str, ...]] = Counter()
-        self.species_rows = 0
-        self.species_seven = 0
-        self.groups: dict[str, dict[str, Counter[tuple[str, ...]]]] = {
-            g: defaultdict(Counter) for g in self.GROUPS
-        }
+        self.counts: Counter[tuple[tuple[str, ...], str, str]] = Counter()
 
-    def add(self, row: dict[str, Any]) -> None:
-        lineage = _LINEAGE(row)
-        self.images += 1
-        self.lineages[lineage] += 1
-        if row["species"]:
-            self.species_rows += 1
-            self.species_seven += all(lineage)
-        for g in self.GROUPS:
-            self.groups[g][row[g] or "(none)"][lineage] += 1
+    @property
+    def images(self) -> int:
+        return sum(self.counts.values())
+
+    def add(self, lineage: tuple[str, ...], source: str, split: str) -> None:
+        """Count one catalog row: its ranks (in `RANKS` order), source and split."""
+        self.counts[lineage, source, split] += 1
 
     def summary(self) -> dict[str, Any]:
-        total = _summary(self.lineages)
+        lineages: Counter[tuple[str, ...]] = Counter()
+        groups: dict[str, dict[str, Counter[tuple[str, ...]]]] = {
+            g: defaultdict(Counter) for g in self.GROUPS
+        }
+        for (lineage, source, split), n in self.counts.items():
+            lineages[lineage] += n
+            for group, value in zip(self.GROUPS, (source, split, lineage[0]), strict=True):
+                groups[group][value or "(none)"][lineage] += n
+        images = sum(lineages.values())
+        total = _summary(lineages)
+        species = [(lin, n) for lin, n in lineages.items() if lin[-1]]  # labelled down to the epithet
         return {
-            "fraction_all_seven_ranks": _ratio(total["all_seven_ranks"], self.images),
+            "fraction_all_seven_ranks": _ratio(total["all_seven_ranks"], images),
             # Labels that stop above species (a source that says only "Papio") cannot reach seven ranks;
             # this counts images whose lineage has no gap down to where their label stops.
-            "fraction_complete_to_lowest_rank": _ratio(total["complete_to_lowest_rank"], self.images),
+            "fraction_complete_to_lowest_rank": _ratio(total["complete_to_lowest_rank"], images),
             # Of the images labelled down to species, how many the backbone completed to all seven ranks.
-            "fraction_all_seven_ranks_of_species_labels": _ratio(self.species_seven, self.species_rows),
+            "fraction_all_seven_ranks_of_species_labels": _ratio(
+                sum(n for lin, n in species if all(lin)), sum(n for _, n in species)
+            ),
             "taxa": total["taxa"],
-            **{f"per_{g}": {k: _summary(v) for k, v in sorted(self.groups[g].items())} for g in self.GROUPS},
+            **{f"per_{g}": {k: _summary(v) for k, v in sorted(groups[g].items())} for g in self.GROUPS},
         }
 
 
