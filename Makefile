@@ -98,7 +98,7 @@ bench-train: $(STAMP) ## training samples/s: tolclip vs open_clip (caption-lengt
 	$(PY) scripts/bench_train_e2e.py $(E2E_ARGS)
 	$(PY) scripts/bench_accumulation.py $(ACCUM_ARGS)
 
-bench-shards: $(STAMP) ## shard builder images/s vs Pillow-only decode/resize/encode, per worker count, and CPU per image (driver vs workers): 224-px butterflies; mushroom photos at 64 px (reduced-scale decode)
+bench-shards: $(STAMP) ## shard builder images/s vs Pillow-only decode/resize/encode, per worker count, and CPU per image (driver vs workers and scan stage): 224-px butterflies; mushroom photos at 64 px (reduced-scale decode)
 	$(PY) scripts/bench_shards.py $(ARGS)
 	$(PY) scripts/bench_shards.py --root ../shared/data/sources/mushrooms/images/train --images 400 --size 64 $(ARGS)
 

@@ -18,8 +18,9 @@ default 224-px set skips the encode for every image.
   resolution, image stage, dedup, split, shard writing, catalog, stats), `progress=false`.
 
 A second table splits each side's CPU per image (`getrusage`) between this process (the builder's
-driver) and its pool's processes: on a machine with fewer cores than workers + 1 the driver's share is
-CPU the workers do not get, and its inverse is the images/s one driver can place at most.
+driver) and its child processes (the pool's workers and, for build, the scan stage): on a machine with
+fewer cores than processes the driver's share is CPU the workers do not get, and its inverse is the
+images/s one driver can place at most.
 
 Parallelism: the limit runs in-process at ``workers=1`` and in a fork ``multiprocessing.Pool(w)`` with
 ``imap`` above; the builder's sides use ``w`` worker processes (``workers=0`` would be in-process),
@@ -366,11 +367,12 @@ def _cpu_seconds() -> tuple[float, float]:
 
 def print_cpu(cpu: dict[tuple[str, int], list[tuple[float, float]]], workers: list[int]) -> None:
     """Where each side's CPU went, per image: this process (the builder's driver, or the limit's parent)
-    and its pool's processes. On a machine with fewer cores than workers + 1, the driver's share is
+    and its child processes. On a machine with fewer cores than processes, the driver's share is
     CPU the workers do not get; on a bigger one, the driver's own CPU per image caps the build."""
     print("\nCPU ms per image (getrusage, medians): parent = this process (for build: the driver, with the")
     print(
-        "pool's threads), workers = the pool's processes; cap = 1000 / build parent ms (images/s one driver places)"
+        "pool's threads), workers = child processes (the pool's; for build also the scan stage);\n"
+        "cap = 1000 / build parent ms (images/s one driver places)"
     )
     columns = [(side, part) for side in ("limit", "stage", "build") for part in ("parent", "workers")]
     print(f"{'workers':>7} " + " ".join(f"{f'{side} {part}':>14}" for side, part in columns) + f" {'cap':>7}")

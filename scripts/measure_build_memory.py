@@ -9,8 +9,9 @@ For each image count N this script
    about 32 bits and the dedup stage keeps them all. Images are spread over N / ``--per-species``
    species (genera, families, ... above them), so the taxa grow with N as well;
 2. runs `tolclip.curate.build.build()` on it in a fresh Python process (bounded by ``--timeout``), which
-   reports its own peak RSS (``VmHWM`` in /proc/self/status), the largest peak RSS among its child
-   processes (the workers; their VmHWM sampled every 0.2 s), the build's wall time and its statistics.
+   reports its own peak RSS (``VmHWM`` in /proc/self/status), the largest private memory among its
+   child processes (the workers and the scan stage, sampled every 0.2 s: forked, they share most of
+   the build's heap, which their RSS would count again), the build's wall time and its statistics.
    ``ru_maxrss`` (RUSAGE_SELF and RUSAGE_CHILDREN) is in the JSON for reference but is not used: on
    Linux a process started by (v)fork + exec keeps its parent's peak as its own ru_maxrss (run from
    pytest, every build "peaked" at pytest's ~950 MB), and the children figure is that of an import-time
@@ -199,9 +200,29 @@ def vm_hwm_mb(pid: int | str = "self") -> float | None:
     return int(line.split()[1]) * 1024 / 1e6 if line else None
 
 
+def private_mb(pid: int | str = "self") -> float | None:
+    """A process's private memory (Private_Clean + Private_Dirty), or None when it is gone.
+
+    The build's children (pool workers, the scan stage) are forked from it and share most of its heap
+    copy-on-write; their RSS and VmHWM count those shared pages again. Private memory is what a child
+    adds: where state that grows with the inputs would show. (A worker's includes the file pages of
+    the shard it maps while listing the shards at the end of a build: bounded by `max_bytes`.)
+    """
+    try:
+        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    except OSError:
+        return None
+    kb = sum(
+        int(line.split()[1])
+        for line in text.splitlines()
+        if line.startswith(("Private_Clean:", "Private_Dirty:"))
+    )
+    return kb * 1024 / 1e6
+
+
 class WorkerPeak(threading.Thread):
-    """Samples the VmHWM of this process's children (the build's workers) until stopped; `peak_mb` is
-    the largest seen. VmHWM only grows, so a sample misses at most a worker's last interval."""
+    """Samples the private memory (`private_mb`) of this process's children (the build's workers and its
+    scan stage) every `interval_s` until stopped; `peak_mb` is the largest sample."""
 
     def __init__(self, interval_s: float = 0.2) -> None:
         super().__init__(daemon=True)
@@ -212,7 +233,7 @@ class WorkerPeak(threading.Thread):
             for task in Path(f"/proc/{os.getpid()}/task").iterdir():
                 with contextlib.suppress(OSError):
                     for pid in (task / "children").read_text().split():
-                        self.peak_mb = max(self.peak_mb, vm_hwm_mb(pid) or 0.0)
+                        self.peak_mb = max(self.peak_mb, private_mb(pid) or 0.0)
 
     def stop(self) -> float:
         self._stop_event.set()
@@ -233,7 +254,7 @@ def _child(config_json: str) -> None:
     result = {
         "wall_s": wall,
         "peak_rss_mb": vm_hwm_mb(),
-        "workers_peak_rss_mb": workers.stop(),
+        "workers_peak_private_mb": workers.stop(),
         # For reference only: ru_maxrss includes the peak of whatever process started this one, and
         # RUSAGE_CHILDREN that of an import-time helper (ctypes runs `ldconfig -p` via vfork).
         "ru_maxrss_mb": _maxrss_mb(resource.RUSAGE_SELF),
@@ -314,14 +335,16 @@ def _print_table(rows: list[dict[str, Any]]) -> None:
         print(
             f"{r['n']:>7} {r['workers']:>7} {s['inputs']:>7} {s['images']:>7} {s['skipped']:>7} "
             f"{s['excluded']:>8} {taxa.get('species', '-'):>7} {r['peak_rss_mb']:>8.1f} "
-            f"{r['workers_peak_rss_mb']:>10.1f} {r['wall_s']:>8.1f} {r['generate_s']:>6.1f}"
+            f"{r['workers_peak_private_mb']:>10.1f} {r['wall_s']:>8.1f} {r['generate_s']:>6.1f}"
         )
     for w in sorted({r["workers"] for r in rows}):
         sel = [r for r in rows if r["workers"] == w]
         if len(sel) > 1:
             growth = sel[-1]["peak_rss_mb"] - sel[0]["peak_rss_mb"]
             print(f"workers={w}: peak RSS N={sel[-1]['n']} minus N={sel[0]['n']}: {growth:+.1f} MB")
-    print("peak MB: VmHWM of the build process; workers MB: the largest VmHWM among its child processes")
+    print(
+        "peak MB: VmHWM of the build process; workers MB: the largest private memory of its child processes (workers, scan stage)"
+    )
 
 
 def main() -> None:
