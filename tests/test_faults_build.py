@@ -393,3 +393,34 @@ def test_the_scan_stage_runs_in_its_own_process_with_workers(
     assert inline == os.getpid() and forked != os.getpid()
     for name in ("catalog.csv", "skipped.csv", "excluded.csv", "resolution_report.csv"):
         assert (tmp_path / "w0" / name).read_bytes() == (tmp_path / "w2" / name).read_bytes(), name
+
+
+def test_a_scan_stage_that_dies_fails_in_one_line_and_the_build_resumes(
+    source: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """The scan stage's process killed mid-scan (out of memory, say): the build stops with one line,
+    keeps what it wrote consistent, and a resume gives the uninterrupted build's output."""
+    reference = tmp_path / "reference"
+    build(_config(source, reference, workers=2, chunk_size=2))
+    real_plan = scan.ScanStage.plan
+    planned: list[str] = []
+
+    def dying(stage, entry):
+        if len(planned) == 5:
+            os._exit(9)  # in the scan stage's process: the driver sees it end
+        planned.append(entry.key)
+        return real_plan(stage, entry)
+
+    out = tmp_path / "out"
+    monkeypatch.setattr(scan.ScanStage, "plan", dying)
+    with pytest.raises(BuildError, match=r"^the scan stage process ended without finishing \(exit code 9"):
+        build(_config(source, out, workers=2, chunk_size=2))
+    assert not planned, "plan ran in the driver, not in the scan stage's process"
+    monkeypatch.undo()
+    build(_config(source, out, workers=2, chunk_size=2, resume=True))
+    for name in ("catalog.csv", "skipped.csv", "excluded.csv"):
+        assert (out / name).read_bytes() == (reference / name).read_bytes(), name
+    shards = sorted(p.relative_to(reference) for p in reference.rglob("*.tar"))
+    assert shards and sorted(p.relative_to(out) for p in out.rglob("*.tar")) == shards
+    assert all((out / p).read_bytes() == (reference / p).read_bytes() for p in shards)
+    assert check(out) == []

@@ -120,8 +120,8 @@ class ChildStream:
 def _child_main(conn: Any, parent_end: Any, make: Callable[[], Generator[Any, None, Any]]) -> None:
     parent_end.close()  # our copy of the parent's end would hide the parent's close (no EOF, no EPIPE)
     _die_with_parent()
-    # The parent's objects are shared copy-on-write; the collector would touch each of them and copy
-    # most of the parent's heap into this process (page faults, about a third of the scan's CPU).
+    # The parent's objects are shared copy-on-write and are not this process's garbage: frozen, a full
+    # collection here skips them instead of touching (and so copying) every page they live on.
     gc.freeze()
     # Ctrl-C is the parent's to handle (it then stops us); SIGTERM must just end this process.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
