@@ -18,14 +18,16 @@ import pytest
 from PIL import Image
 
 from tolclip.cli.build import check_main
-from tolclip.core.taxonomy import RANKS
-from tolclip.curate import image_worker, shard_writer
+from tolclip.core.taxonomy import RANKS, Taxon
+from tolclip.curate import image_worker, shard_writer, stats
 from tolclip.curate.build import build
 from tolclip.curate.check import check
 from tolclip.curate.config import BuildError
 from tolclip.curate.dedup import Deduplicator, content_hash, perceptual_hash
+from tolclip.curate.entries import Entry
+from tolclip.curate.sources import SourceRecord
 from tolclip.curate.splits import assign_split, make_key
-from tolclip.curate.stats import CsvRows
+from tolclip.curate.stats import CATALOG_COLUMNS, CsvRows, Reports, catalog_tail
 from tolclip.data.shards import iter_records
 
 from helpers import MICRO, SMALL_RUN, make_cfg
@@ -540,7 +542,7 @@ def test_real_photo_ablation_data_and_experiment(tmp_path: Path) -> None:
     assert species["unseen"].images == len(unseen) and species["seen"].images > 0
 
 
-def test_report_rows_match_csv_dictwriter():
+def test_report_rows_match_csv_dictwriter(monkeypatch: pytest.MonkeyPatch) -> None:
     # The catalog's fast path must write what csv would, byte for byte, whatever the values.
     values = [
         "",
@@ -564,9 +566,48 @@ def test_report_rows_match_csv_dictwriter():
             CsvRows(got, columns).writerow(row)
             assert got.getvalue() == want.getvalue(), row
     plain = CsvRows(io.StringIO(newline=""), ["a", "b"])
-    plain.csv = None  # a row that needs no quoting is written without csv
-    plain.writerow({"a": "Bombus", "b": True})
+    with monkeypatch.context() as m:
+        m.setattr(stats.csv, "writer", None)  # a row that needs no quoting is written without csv
+        plain.writerow({"a": "Bombus", "b": True})
     assert plain.fh.getvalue() == "Bombus,True\r\n"
     short = io.StringIO(newline="")
     CsvRows(short, ["a", "b"]).writerow({"a": "1"})  # a missing column is empty, as DictWriter's restval
     assert short.getvalue() == "1,\r\n"
+
+
+def test_a_catalog_row_made_in_two_halves_matches_csv_dictwriter(tmp_path: Path) -> None:
+    """The scan stage writes a row's tail (`catalog_tail`), the driver its head (key, shard, split,
+    flag): joined, they must be what csv writes for the whole row, whatever the values."""
+    awkward = ["plain", "a,b", 'say "hi"', "two\nlines", ""]
+    rows = []
+    for i, (source_id, common, shard_set) in enumerate(
+        itertools.product(awkward, awkward, ["train", "tr,ain"])
+    ):
+        taxon = Taxon(kingdom="Animalia", genus="Bombus", species="terrestris", common=common)
+        record = SourceRecord(
+            path=tmp_path / "x.jpg", source="bees", source_id=source_id, label="", split="test"
+        )
+        entry = Entry(f"bees_{i:016x}", "bees", source_id, record, taxon, "resolved")
+        row = {
+            "key": entry.key,
+            "shard": f"{shard_set}/shard-000000.tar",
+            "split": shard_set,
+            "train_small": i % 2 == 0,
+            "source": "bees",
+            "source_id": source_id,
+            "source_split": "test",
+            **dict(zip(RANKS, taxon.ranks, strict=True)),
+            "common_name": common,
+            "resolution_status": "resolved",
+        }
+        rows.append((entry, row))
+    reports = Reports(tmp_path, tmp_path, ["train"])
+    want: dict[str, io.StringIO] = {}
+    for entry, row in rows:
+        head = (entry.key, row["shard"], row["split"], row["train_small"])
+        reports.sample(*head, catalog_tail(entry), entry.taxon.ranks, "bees")
+        csv.DictWriter(want.setdefault(row["split"], io.StringIO(newline="")), CATALOG_COLUMNS).writerow(row)
+    reports.close()
+    for split, expected in want.items():  # one part file per split, rows in the order written
+        with (tmp_path / f"catalog-{split}.csv").open(encoding="utf-8", newline="") as fh:
+            assert fh.read() == expected.getvalue(), split

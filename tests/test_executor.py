@@ -158,6 +158,7 @@ def test_pool_exit_does_not_wait_for_abandoned_tasks() -> None:
     [
         ("spark", 2, "unknown build.executor 'spark'; known: local, ray"),
         ("local", -1, "build.workers must be an integer >= 0, got -1"),
+        ("local", "two", "build.workers must be an integer >= 0, got 'two'"),
     ],
 )
 def test_bad_settings_are_one_line_errors(kind: str, workers: int, message: str) -> None:

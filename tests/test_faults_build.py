@@ -424,3 +424,22 @@ def test_a_scan_stage_that_dies_fails_in_one_line_and_the_build_resumes(
     assert shards and sorted(p.relative_to(out) for p in out.rglob("*.tar")) == shards
     assert all((out / p).read_bytes() == (reference / p).read_bytes() for p in shards)
     assert check(out) == []
+
+
+@pytest.mark.parametrize(
+    ("over", "message"),
+    [
+        ({"workers": "two"}, "build.workers must be an integer >= 0, got 'two'"),
+        ({"workers": 2, "task_timeout": 0}, "build.task_timeout must be > 0 seconds, got 0"),
+        ({"workers": 2, "executor": "spark"}, "unknown build.executor 'spark'; known: local, ray"),
+    ],
+)
+def test_bad_executor_settings_are_one_line_before_anything_is_written(
+    source: Path, tmp_path: Path, over: dict, message: str
+) -> None:
+    """Checked before the scan stage's process is forked or anything is written into out_dir."""
+    out = tmp_path / "out"
+    with pytest.raises(BuildError) as err:
+        build(_config(source, out, **over))
+    assert str(err.value) == message
+    assert [p.name for p in out.iterdir()] == [".lock"]

@@ -47,7 +47,7 @@ from tolclip.curate.child_stream import ChildStream, InlineStream, can_fork
 from tolclip.curate.config import BuildConfig, BuildError
 from tolclip.curate.dedup import Deduplicator, EvalExclusion
 from tolclip.curate.dedup_partitioned import IndexPartition, PartitionedDeduplicator
-from tolclip.curate.executor import open_executor, ordered_map
+from tolclip.curate.executor import check_settings, open_executor, ordered_map
 from tolclip.curate.image_worker import (
     SPILL_DIR,
     ImageTask,
@@ -77,6 +77,7 @@ def build(config: dict[str, Any] | BuildConfig) -> dict[str, Any]:
 def _build_locked(cfg: BuildConfig) -> dict[str, Any]:
     # Everything that can fail on a bad setting (taxonomy backend, species lists, eval images, executor,
     # cluster) fails before the first write into out_dir.
+    check_settings(cfg.executor, cfg.workers, cfg.task_timeout)
     resolver = Resolver(_taxonomy_backend(cfg.taxonomy))
     holdout = load_excluded_species(cfg.holdout_species, key="holdout_species")
     scan = ScanStage(cfg, resolver, load_excluded_species(cfg.exclude_species), holdout)

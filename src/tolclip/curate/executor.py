@@ -363,6 +363,16 @@ def _start_ray(ray: Any, workers: int, address: str | None) -> bool:
     return True
 
 
+def check_settings(kind: str, workers: Any, timeout: Any) -> None:
+    """A one-line BuildError for an unknown executor, a bad worker count or a bad task timeout."""
+    if kind not in KINDS:
+        raise BuildError(f"unknown build.executor {kind!r}; known: {', '.join(KINDS)}")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+        raise BuildError(f"build.workers must be an integer >= 0, got {workers!r}")
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
+        raise BuildError(f"build.task_timeout must be > 0 seconds, got {timeout!r}")
+
+
 def open_executor(
     kind: str,
     workers: int,
@@ -377,12 +387,7 @@ def open_executor(
     kind "ray": on the Ray at `ray_address`, the one this process already runs, or a local one with
     `workers` CPUs. `init(init_arg)` runs once in every worker process before its first task.
     """
-    if kind not in KINDS:
-        raise BuildError(f"unknown build.executor {kind!r}; known: {', '.join(KINDS)}")
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
-        raise BuildError(f"build.workers must be an integer >= 0, got {workers!r}")
-    if not timeout > 0:
-        raise BuildError(f"build.task_timeout must be > 0 seconds, got {timeout!r}")
+    check_settings(kind, workers, timeout)
     if kind == "local":
         if workers == 0:
             return InProcessExecutor(init, init_arg, timeout)
