@@ -118,6 +118,7 @@ def _scan_stream(cfg: BuildConfig, scan: ScanStage) -> ChildStream | InlineStrea
     """The scan stage in its own process when the image stage has workers (the driver then only decides
     and writes), else in this one."""
     if (cfg.workers >= 1 or cfg.executor == "ray") and can_fork():
+        scan.resolver.backend.preload()  # once, here, not in every build's scan process
         return ChildStream(scan.run, cfg.task_timeout, "scan stage")
     return InlineStream(scan.run)
 

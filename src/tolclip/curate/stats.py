@@ -152,10 +152,9 @@ def _report_row(entry: Entry, stage: str, reason: str) -> dict[str, Any]:
 
 def _open_csv(path: Path, columns: Sequence[str], header: bool = True) -> tuple[Any, CsvRows]:
     fh = path.open("w", newline="", encoding="utf-8")
-    writer = CsvRows(fh, columns)
     if header:
-        writer.csv.writerow(columns)
-    return fh, writer
+        fh.write(csv_line(columns) + "\r\n")
+    return fh, CsvRows(fh, columns)
 
 
 # Besides its delimiter, the characters that make csv quote a field (its defaults).
@@ -167,7 +166,7 @@ class CsvRows:
     (`csv_line`)."""
 
     def __init__(self, fh: Any, columns: Sequence[str]) -> None:
-        self.fh, self.columns, self.csv = fh, tuple(columns), csv.writer(fh)
+        self.fh, self.columns = fh, tuple(columns)
 
     def writerow(self, row: dict[str, Any]) -> None:
         self.fh.write(csv_line([row.get(c, "") for c in self.columns]) + "\r\n")
